@@ -1,0 +1,259 @@
+"""The command line: `python -m kit prepare | train | predict | cv | score | check | bench`."""
+import functools
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from .errors import KitError
+from .models import EMBEDDED_ENCODER, EMBEDDED_LLM, HEADS, TFIDF, ModelArgs
+from .train import TrainArgs
+
+DEFAULTS_M, DEFAULTS_T = ModelArgs(), TrainArgs()
+
+
+def _spec_option(command):
+    return click.option("--spec", "spec_path", default="data/competition.toml", show_default=True,
+                        type=click.Path(dir_okay=False), help="The competition spec (TOML).")(command)
+
+
+def _model_options(command, multiple_models=False):
+    """Model and training options, shared by `train` and `cv` so both run the same recipe."""
+    options = [
+        click.option("--model", multiple=multiple_models, default=None if multiple_models else DEFAULTS_M.model,
+                     show_default=not multiple_models,
+                     help=f"'{EMBEDDED_LLM}' (embedded SmolLM2-135M-Instruct), '{EMBEDDED_ENCODER}' "
+                          f"(embedded all-MiniLM-L6-v2), '{TFIDF}' (TF-IDF + logistic regression), a local "
+                          "model directory, or a hub id." + (" Repeat to compare." if multiple_models else "")),
+        click.option("--head", type=click.Choice(HEADS), default=DEFAULTS_M.head, show_default=True,
+                     help="classify: a classification head on the last token; generate: answer the label word."),
+        click.option("--lora-r", type=int, default=DEFAULTS_M.lora_r, show_default=True,
+                     help="LoRA rank; 0 fine-tunes every weight."),
+        click.option("--lora-alpha", type=int, default=DEFAULTS_M.lora_alpha, show_default=True),
+        click.option("--lora-dropout", type=float, default=DEFAULTS_M.lora_dropout, show_default=True),
+        click.option("--lora-targets", default=None,
+                     help="Comma-separated module names (default: every linear layer in the blocks)."),
+        click.option("--lora-layers", type=int, default=DEFAULTS_M.lora_layers, show_default=True,
+                     help="LoRA on the top N blocks only (0: all); lower blocks then need no backward pass."),
+        click.option("--trust-remote-code", is_flag=True, help="Needed by ChatGLM2/3 directories."),
+        click.option("--max-length", type=int, default=None,
+                     help="Tokens per prompt (default: the spec's [task] max_length); the input is cut, "
+                          "never the instruction or the answer."),
+        click.option("--lr", type=float, default=DEFAULTS_T.lr, show_default=True),
+        click.option("--epochs", type=float, default=DEFAULTS_T.epochs, show_default=True),
+        click.option("--max-steps", type=int, default=DEFAULTS_T.max_steps, show_default=True,
+                     help="Stop after this many optimizer steps (0: use --epochs)."),
+        click.option("--batch-size", type=int, default=DEFAULTS_T.batch_size, show_default=True),
+        click.option("--grad-accum", type=int, default=DEFAULTS_T.grad_accum, show_default=True),
+        click.option("--warmup", type=float, default=DEFAULTS_T.warmup, show_default=True,
+                     help="Warm-up as a fraction of the steps; then linear decay to 0."),
+        click.option("--weight-decay", type=float, default=DEFAULTS_T.weight_decay, show_default=True),
+        click.option("--seed", type=int, default=DEFAULTS_T.seed, show_default=True),
+        click.option("--checkpoint-every", type=int, default=DEFAULTS_T.checkpoint_every, show_default=True,
+                     help="Save a resumable checkpoint every N steps (0: never)."),
+        click.option("--class-weights", is_flag=True, help="Weight the classify loss by inverse class frequency."),
+        click.option("--predict-batch-size", type=int, default=DEFAULTS_M.predict_batch_size, show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _split_args(options):
+    """CLI keyword arguments -> (ModelArgs, TrainArgs, max_length)."""
+    model_keys = {f.name for f in fields(ModelArgs)}
+    train_keys = {f.name for f in fields(TrainArgs)}
+    model = {k: v for k, v in options.items() if k in model_keys}
+    if model.get("lora_targets"):
+        model["lora_targets"] = [t.strip() for t in model["lora_targets"].split(",") if t.strip()]
+    return (ModelArgs(**model), TrainArgs(**{k: v for k, v in options.items() if k in train_keys}),
+            options.get("max_length"))
+
+
+def _load(spec_path, max_length=None):
+    from .spec import load_spec
+    spec = load_spec(spec_path)
+    if max_length:
+        spec.max_length = max_length
+    return spec
+
+
+def _friendly(command):
+    """KitError -> one line and exit 2; Ctrl-C -> exit 130; tracebacks only with --debug."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KitError as error:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished files are kept; re-run to resume", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def main(debug):
+    """kit: fine-tune an instruction LLM (or a baseline) on a competition's CSVs, score it with
+    honest cross-validation, and write a validated submission.
+
+    \b
+    Typical use:
+      python -m kit check                  validate the spec and its files
+      python -m kit cv --holdout 0.2       local score, beside the TF-IDF baseline
+      python -m kit train                  fine-tune on all of train.csv -> runs/<name>/
+      python -m kit predict --split testB  -> submissions/submit.csv
+    """
+
+
+@main.command()
+@_spec_option
+@click.option("--out", default="data/prepared", show_default=True, help="Folder for the instruction data.")
+@_friendly
+def prepare(spec_path, out):
+    """Write the instruction data (Alpaca JSON, chat JSONL, dataset_info.json)."""
+    from .data import prepare as write_prepared
+    result = write_prepared(_load(spec_path), out)
+    click.echo(f"prepared {result['rows']} rows: {result['alpaca']}, {result['messages']}, {result['dataset_info']}")
+
+
+@main.command()
+@_spec_option
+@_model_options
+@click.option("--name", default=None, help="Run folder name under runs/ (default: <spec>-<model>-<head>).")
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
+@_friendly
+def train(spec_path, name, resume, **options):
+    """Fine-tune on the whole train split; saves runs/<name>/."""
+    from .pipeline import train_run
+    model_args, train_args, max_length = _split_args(options)
+    directory, stats = train_run(_load(spec_path, max_length), model_args, train_args, name, resume)
+    click.echo(f"trained {directory} in {stats['train_seconds']} s; final loss {stats['final_loss']}")
+
+
+@main.command()
+@_spec_option
+@click.option("--split", default="test", show_default=True, help="A split named in the spec's [splits].")
+@click.option("--run", default=None, help="Run folder name or path (default: the latest trained).")
+@click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True,
+              help="score: label probabilities from one forward pass; generate: greedy answer, strict "
+                   "parse, rows that do not parse fall back to scoring (counted).")
+@click.option("--threshold", default=None,
+              help="Binary tasks: P(positive) cut-off, a number or 'oof' (tuned by `kit cv`). Default 0.5.")
+@click.option("--out", default="submissions/submit.csv", show_default=True)
+@_friendly
+def predict(spec_path, split, run, mode, threshold, out):
+    """Predict a split and write a validated submission."""
+    from .pipeline import predict_split
+    path, pred_path, stats = predict_split(_load(spec_path), split, run, mode, threshold, Path(out))
+    decided = ", ".join(f"{k}: {v}" for k, v in stats["decided"].items())
+    click.echo(f"predicted {stats['rows']} rows of {split} in {stats['seconds']} s ({stats['rows_per_s']} rows/s,"
+               f" {stats.get('mean_tokens', '-')} tokens per row, {stats.get('truncated_rows', 0)} truncated); "
+               f"decided by {decided}; {stats.get('fallback_rows', 0)} fell back")
+    click.echo(f"per-row predictions: {pred_path}")
+    click.echo(f"submission: {path}")
+
+
+@main.command()
+@_spec_option
+@functools.partial(_model_options, multiple_models=True)
+@click.option("--folds", type=int, default=5, show_default=True)
+@click.option("--holdout", type=float, default=None, help="Hold out this fraction once instead of k folds.")
+@click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True)
+@click.option("--sweep", type=click.Path(dir_okay=False), default=None,
+              help="A TOML file of [[config]] tables (name + option overrides), one CV per entry.")
+@click.option("--name", default=None, help="Run folder name (one configuration only).")
+@click.option("--no-baseline", is_flag=True, help="Skip the TF-IDF baseline row.")
+@_friendly
+def cv(spec_path, folds, holdout, mode, sweep, name, no_baseline, **options):
+    """Cross-validate: OOF score, per-fold spread, the TF-IDF baseline beside it."""
+    from dataclasses import replace
+    from .cv import cross_validate, format_scores, read_sweep, split_overrides, table, verdict
+    from .data import write_json, write_text
+    from .pipeline import RUNS, run_name
+    models = options.pop("model") or (DEFAULTS_M.model,)
+    model_args, train_args, max_length = _split_args(options)
+    spec = _load(spec_path, max_length)
+    configs = []   # (name, ModelArgs, TrainArgs)
+    if sweep:
+        for entry in read_sweep(sweep):
+            m, t = split_overrides(entry, model_args, train_args, f"{sweep} [[config]] {entry['name']}")
+            configs.append((f"{Path(sweep).stem}-{entry['name']}", m, t))
+    else:
+        for model in models:
+            m = replace(model_args, model=model)
+            configs.append((name if name and len(models) == 1 else run_name(spec, m), m, train_args))
+    if not no_baseline and not any(m.model == TFIDF for _, m, _ in configs):
+        configs.insert(0, (run_name(spec, ModelArgs(model=TFIDF)), ModelArgs(model=TFIDF), train_args))
+    results = []
+    for config_name, m, t in configs:
+        scores = cross_validate(spec, m, t, folds, holdout, t.seed, mode, config_name)
+        click.echo(format_scores(scores, spec) + "\n")
+        results.append(scores)
+    summary = table(results, spec)
+    baseline = next((s for s in results if s["config"]["model"] == TFIDF), None)
+    click.echo(summary)
+    if baseline and len(results) > 1:
+        click.echo(verdict(results, baseline, spec))
+    if len(results) > 1:
+        stem = Path(sweep).stem if sweep else "compare"
+        write_text(RUNS / f"{stem}-table.md", summary + "\n")
+        write_json(RUNS / f"{stem}-table.json", results)
+        click.echo(f"table saved: {RUNS / f'{stem}-table.md'}")
+
+
+@main.command()
+@_spec_option
+@click.option("--pred", required=True, type=click.Path(dir_okay=False),
+              help="A predictions CSV (runs/<name>/predictions-*.csv, oof.csv) or a submission.")
+@click.option("--split", default=None, help="Score against the spec's [answers] file for this split.")
+@click.option("--truth", default=None, type=click.Path(dir_okay=False), help="A labelled CSV (id + label columns).")
+@_friendly
+def score(spec_path, pred, split, truth):
+    """Score a predictions or submission file against labelled rows."""
+    from .metrics import format_report
+    from .pipeline import score_file
+    spec = _load(spec_path)
+    if (split is None) == (truth is None):
+        raise KitError("score: give exactly one of --split (uses the spec's [answers]) or --truth FILE")
+    if split is not None:
+        if split not in spec.answers:
+            raise KitError(f"{spec.path}: no [answers] entry for split {split!r}; "
+                           f"it has {sorted(spec.answers) or 'none'}; or pass --truth FILE")
+        truth = spec.answers[split]
+    click.echo(format_report(score_file(spec, pred, truth), spec.labels))
+
+
+@main.command()
+@_spec_option
+@click.option("--submission", default=None, type=click.Path(dir_okay=False), help="Also validate this file.")
+@click.option("--split", default="test", show_default=True, help="The split the submission is for.")
+@_friendly
+def check(spec_path, submission, split):
+    """Validate the spec and every file it names (and optionally a submission), without training."""
+    from .check import check_all
+    for line in check_all(_load(spec_path), submission, split):
+        click.echo(line)
+
+
+@main.command()
+@click.option("--data", default="../shared/data/disaster/train.csv", show_default=True,
+              help="A CSV with a 'text' column (and 'target' for label agreement).")
+@click.option("--rows", type=int, default=96, show_default=True, help="Rows to predict.")
+@click.option("--train-steps", type=int, default=6, show_default=True, help="Training steps per trainer.")
+@click.option("--model", default=EMBEDDED_LLM, show_default=True)
+@click.option("--quick", is_flag=True, help="Skip the ablations and the Trainer baseline.")
+@click.option("--out", default=None, help="Also write the figures as JSON here.")
+@_friendly
+def bench(data, rows, train_steps, model, quick, out):
+    """Measure predict and train speed against the usual way (naive loop, transformers.Trainer)."""
+    from .bench import run_bench
+    started = time.time()
+    run_bench(data, rows, train_steps, model, quick, out)
+    click.echo(f"bench done in {time.time() - started:.0f} s")

@@ -1,0 +1,229 @@
+"""Cross-validation a competitor can trust: exactly the train + predict path, on folds.
+
+Each fold fits a fresh model on the other folds and predicts its held-out rows with the same
+code as `kit predict`; nothing is fitted on held-out rows (the TF-IDF vocabulary, the LLM's
+adapter and the decision threshold are all learned on training rows or on OOF afterwards).
+Rows are tokenised once per run; finished folds are saved, so a re-run resumes.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from .data import atomic_write, load_rows, log, write_json
+from .errors import KitError
+from .metrics import decide, format_report, metric_value, report, tune_threshold
+from .models import ModelArgs, Prediction, Task, make_model
+from .pipeline import RUNS, _fingerprint, fit_timed, predictions_frame, run_name, save_run_config
+from .train import TrainArgs
+
+
+def assign_folds(labels, folds=5, seed=0, holdout=None):
+    """Fold number per row (stratified). With holdout, one split: fold 0 is the held-out part
+    and -1 marks rows that are only ever trained on."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    if holdout is not None:
+        if not 0 < holdout < 1:
+            raise KitError(f"--holdout {holdout}: must be a fraction between 0 and 1")
+        _, held = train_test_split(np.arange(len(labels)), test_size=holdout, random_state=seed,
+                                   stratify=labels if counts[counts > 0].min() >= 2 else None)
+        fold = np.full(len(labels), -1)
+        fold[held] = 0
+        return fold
+    if folds < 2:
+        raise KitError(f"--folds {folds}: need at least 2 (or use --holdout)")
+    smallest = counts[counts > 0].min()
+    if smallest < folds:
+        raise KitError(f"--folds {folds}: the rarest label has only {smallest} rows")
+    fold = np.zeros(len(labels), dtype=int)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for number, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        fold[held] = number
+    return fold
+
+
+def _fold_file(directory, number):
+    return directory / "cv" / f"fold-{number}.json"
+
+
+def _run_fold(model_args, train_args, task, rows, encoded, fold, number, mode, directory, key):
+    """Fit on every row outside the fold, predict the fold; saved so a re-run skips it."""
+    path = _fold_file(directory, number)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            log(f"cv: fold {number + 1} already done, reused ({path})")
+            return saved
+    train_index = np.flatnonzero(fold != number)
+    held_index = np.flatnonzero(fold == number)
+    model = make_model(task, model_args, train_args)
+    pick = (lambda index: ([encoded[0][i] for i in index], encoded[1])) if encoded else (lambda index: None)
+    checkpoint = directory / "cv" / f"fold-{number}.ckpt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    stats = fit_timed(model, rows.subset(train_index), pick(train_index), checkpoint, resume=True)
+    start = time.time()
+    prediction = model.predict(rows.subset(held_index), mode, encoded=pick(held_index))
+    seconds = time.time() - start
+    result = {"key": key, "fold": number, "index": held_index.tolist(), "probs": prediction.probs.tolist(),
+              "decided": prediction.decided, "answers": prediction.answers,
+              "parsed": None if prediction.parsed is None else prediction.parsed.tolist(),
+              "stats": {**stats, "predict_seconds": round(seconds, 1),
+                        "predict_rows_per_s": round(len(held_index) / seconds, 2) if seconds else None}}
+    write_json(path, result)
+    checkpoint.unlink(missing_ok=True)
+    return result
+
+
+def cross_validate(spec, model_args, train_args, folds=5, holdout=None, seed=0, mode="score",
+                   name=None, runs=RUNS):
+    """Run CV for one configuration; returns the scores dict (also saved in the run folder)."""
+    started = time.time()
+    rows, _ = load_rows(spec, "train")
+    fold = assign_folds(rows.labels, folds, seed, holdout)
+    directory = runs / (name or run_name(spec, model_args))
+    save_run_config(directory, spec, model_args, train_args,
+                    {"cv": {"folds": folds, "holdout": holdout, "seed": seed, "mode": mode}})
+    task = Task.from_spec(spec)
+    key = _fingerprint(rows.ids, rows.texts, rows.labels, fold.tolist(), task, model_args, train_args, mode)
+    encoder = make_model(task, model_args, train_args)
+    encoded = encoder.encode(rows) if hasattr(encoder, "encode") else None   # once, for every fold
+    if encoded:
+        log(f"cv: {encoded[1]['rows']} rows tokenised once, {encoded[1]['mean_tokens']} tokens per row, "
+            f"{encoded[1]['truncated_rows']} truncated to {task.max_length}")
+    numbers = sorted(set(fold.tolist()) - {-1})
+    results = []
+    for number in numbers:
+        log(f"cv: fold {number + 1} of {len(numbers)} ({directory.name})")
+        results.append(_run_fold(model_args, train_args, task, rows, encoded, fold, number, mode, directory, key))
+    scores = summarise(spec, rows, fold, results, directory)
+    scores["wall_seconds"] = round(time.time() - started, 1)
+    scores["config"] = {"name": directory.name, "model": model_args.model, "head": model_args.head,
+                        "folds": folds, "holdout": holdout, "seed": seed, "mode": mode}
+    write_json(directory / "cv_scores.json", scores)
+    return scores
+
+
+def summarise(spec, rows, fold, results, directory):
+    """OOF probabilities -> the report, per-fold scores, tuned threshold, oof.csv."""
+    n, k = len(rows), len(spec.labels)
+    probs, parsed = np.zeros((n, k)), np.full(n, -1)
+    decided, answers = [""] * n, [""] * n
+    for result in results:
+        index = np.asarray(result["index"])
+        probs[index] = result["probs"]
+        if result["parsed"] is not None:
+            parsed[index] = result["parsed"]
+        for i, position in enumerate(index):
+            decided[position] = result["decided"][i]
+            answers[position] = (result["answers"] or [""] * len(index))[i]
+    held = np.flatnonzero(fold >= 0)
+    truth = np.asarray(rows.labels)
+    binary = k == 2
+    scores = report(truth[held], probs[held], spec.labels, spec.metric, parsed[held])
+    per_fold = []
+    for result in results:
+        index = np.asarray(result["index"])
+        predicted = decide(probs[index], parsed[index], 0.5 if binary else None)
+        per_fold.append(metric_value(spec.metric, truth[index], predicted, probs[index]))
+    scores["per_fold"] = [round(v, 4) for v in per_fold]
+    scores["fold_mean"] = round(float(np.mean(per_fold)), 4)
+    scores["fold_std"] = round(float(np.std(per_fold)), 4)
+    if binary:
+        threshold, tuned = tune_threshold(truth[held], probs[held, 1], spec.metric if spec.metric != "auc" else "f1")
+        scores["tuned_threshold"], scores["tuned_score"] = round(threshold, 4), round(tuned, 4)
+    fallback = sum(d == "fallback" for d in decided)
+    scores["fallback_rows"] = fallback
+    stats = [r["stats"] for r in results]
+    scores["train_seconds"] = round(sum(s["train_seconds"] for s in stats), 1)
+    scores["predict_seconds"] = round(sum(s["predict_seconds"] for s in stats), 1)
+    scores["train_rows_per_s"] = round(float(np.mean([s["train_rows_per_s"] or 0 for s in stats])), 2)
+    scores["predict_rows_per_s"] = round(float(np.mean([s["predict_rows_per_s"] or 0 for s in stats])), 2)
+    labels = decide(probs, parsed, 0.5 if binary else None)
+    oof = predictions_frame(spec, rows.ids, Prediction(probs, decided, answers if any(answers) else None), labels)
+    oof.insert(1, "true", [spec.labels[i] for i in truth])
+    oof["fold"] = fold
+    oof = oof.iloc[held]
+    atomic_write(directory / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
+    return scores
+
+
+def format_scores(scores, spec):
+    metric = spec.metric
+    lines = [f"{scores['config']['name']}: {metric} {scores[metric]:.4f} (OOF, threshold 0.5)"
+             + (f", {scores['tuned_score']:.4f} at tuned threshold {scores['tuned_threshold']}"
+                if "tuned_threshold" in scores else "")
+             + f"; per fold {scores['fold_mean']:.4f} ± {scores['fold_std']:.4f}",
+             format_report(scores, spec.labels)]
+    if scores.get("fallback_rows"):
+        lines.append(f"{scores['fallback_rows']} row(s) fell back from generation to label scoring")
+    lines.append(f"wall {scores['wall_seconds']} s: train {scores['train_seconds']} s "
+                 f"({scores['train_rows_per_s']} rows/s), predict {scores['predict_seconds']} s "
+                 f"({scores['predict_rows_per_s']} rows/s)")
+    return "\n".join(lines)
+
+
+def table(all_scores, spec):
+    """One row per configuration: the comparison a competitor decides on."""
+    metric = spec.metric
+    header = f"| config | {metric} | tuned | fold mean ± std | wall s | train rows/s | predict rows/s |"
+    lines = [header, "|" + " --- |" * 7]
+    for s in all_scores:
+        tuned = f"{s['tuned_score']:.4f}" if "tuned_score" in s else "-"
+        lines.append(f"| {s['config']['name']} | {s[metric]:.4f} | {tuned} | {s['fold_mean']:.4f} ± "
+                     f"{s['fold_std']:.4f} | {s['wall_seconds']} | {s['train_rows_per_s']} | "
+                     f"{s['predict_rows_per_s']} |")
+    return "\n".join(lines)
+
+
+def verdict(all_scores, baseline, spec):
+    """Say plainly when the LLM road loses to the classical baseline under this budget."""
+    metric = spec.metric
+    lines = []
+    for s in all_scores:
+        if s is baseline:
+            continue
+        gap = s[metric] - baseline[metric]
+        word = "BEATS" if gap > 0 else "LOSES TO"
+        lines.append(f"{s['config']['name']} {word} the TF-IDF baseline: {s[metric]:.4f} vs "
+                     f"{baseline[metric]:.4f} ({gap:+.4f} {metric})"
+                     + ("" if gap > 0 else "; under this budget, upload the baseline or train longer"))
+    return "\n".join(lines)
+
+
+def read_sweep(path):
+    """A sweep file: [[config]] tables of option overrides, e.g. name = "lr3e-4", lr = 3e-4."""
+    import tomllib
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"sweep file not found: {path}")
+    try:
+        configs = tomllib.loads(path.read_text()).get("config", [])
+    except tomllib.TOMLDecodeError as error:
+        raise KitError(f"{path}: not valid TOML: {error}") from None
+    if not configs:
+        raise KitError(f"{path}: no [[config]] tables")
+    for number, config in enumerate(configs, 1):
+        if "name" not in config:
+            raise KitError(f"{path}: [[config]] number {number} has no name")
+    return configs
+
+
+def split_overrides(overrides, base_model, base_train, where):
+    """Apply a sweep entry's keys to copies of the model and training arguments."""
+    from dataclasses import fields, replace
+    model_keys = {f.name for f in fields(ModelArgs)}
+    train_keys = {f.name for f in fields(TrainArgs)}
+    model_changes, train_changes = {}, {}
+    for key, value in overrides.items():
+        if key == "name":
+            continue
+        if key in model_keys:
+            model_changes[key] = value
+        elif key in train_keys:
+            train_changes[key] = value
+        else:
+            raise KitError(f"{where}: unknown option {key!r}; known: {sorted(model_keys | train_keys)}")
+    return replace(base_model, **model_changes), replace(base_train, **train_changes)

@@ -1,0 +1,124 @@
+"""Batched prediction: constrained label scoring, and generation with a strict parser.
+
+CPU time goes where tokens are computed, so: rows sorted by length (little padding), the
+shared prefix (template + instruction) computed once and reused as a KV cache, and only the
+last position's logits, restricted to the label words' first tokens.
+"""
+import copy
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .parse import parse_answer
+
+SCORE, GENERATE, FALLBACK = "score", "generate", "fallback"
+
+
+def left_pad(sequences, value):
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([[value] * (width - len(s)) + list(s) for s in sequences])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
+    return ids, mask
+
+
+def batches_by_length(ids, batch_size):
+    order = np.argsort([len(s) for s in ids], kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def shared_prefix_length(ids):
+    first = ids[0]
+    length = min(len(s) for s in ids) - 1          # keep at least one token per row
+    for s in ids[1:]:
+        while length and s[:length] != first[:length]:
+            length -= 1
+    return max(length, 0)
+
+
+class PrefixCache:
+    """The KV cache of the prompt prefix every row shares, computed once per predict call."""
+
+    def __init__(self, model, ids, enabled=True):
+        self.length = shared_prefix_length(ids) if enabled and len(ids) > 1 else 0
+        self.cache = None
+        if self.length:
+            with torch.no_grad():
+                prefix = torch.tensor([ids[0][:self.length]], device=model.device)
+                self.cache = model(input_ids=prefix, use_cache=True).past_key_values
+
+    def inputs(self, rows, pad_id, device):
+        """Model inputs for a batch: the suffixes left-padded, positions continuing the prefix."""
+        suffixes = [s[self.length:] for s in rows]
+        input_ids, mask = (t.to(device) for t in left_pad(suffixes, pad_id))
+        if not self.length:
+            return {"input_ids": input_ids, "attention_mask": mask}
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(rows))
+        return {"input_ids": input_ids,
+                "attention_mask": torch.cat([torch.ones(len(rows), self.length, dtype=mask.dtype, device=device), mask], 1),
+                "position_ids": (self.length + mask.cumsum(1) - 1).clamp(min=self.length),
+                "past_key_values": cache}
+
+
+def _run_batches(ids, batch_size, desc, forward):
+    """Call forward(index, rows) per length-sorted batch; gather its (n, K) outputs in row order."""
+    out = None
+    with torch.no_grad():
+        for index in tqdm(batches_by_length(ids, batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+            values = forward(index, [ids[i] for i in index])
+            if out is None:
+                out = np.zeros((len(ids), values.shape[1]), dtype=np.float64)
+            out[index] = values
+    return out
+
+
+def score_labels(model, ids, first_tokens, pad_id, batch_size=32, use_prefix_cache=True):
+    """P(label) from one forward pass: softmax over the label words' first tokens."""
+    prefix = PrefixCache(model, ids, use_prefix_cache)
+    firsts = torch.tensor(first_tokens)
+
+    def forward(index, rows):
+        logits = model(**prefix.inputs(rows, pad_id, model.device), logits_to_keep=1).logits[:, -1]
+        return torch.softmax(logits.float()[:, firsts], -1).cpu().numpy()
+    return _run_batches(ids, batch_size, "score", forward)
+
+
+def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True):
+    """P(label) from a classification head (the last real token is pooled)."""
+    prefix = PrefixCache(model, ids, use_prefix_cache and is_decoder(model.config))
+
+    def forward(index, rows):
+        return torch.softmax(model(**prefix.inputs(rows, pad_id, model.device)).logits.float(), -1).cpu().numpy()
+    return _run_batches(ids, batch_size, "classify", forward)
+
+
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra",
+                 "albert", "mpnet", "camembert", "ernie", "modernbert"}
+
+
+def is_decoder(config):
+    return getattr(config, "model_type", "") not in ENCODER_TYPES
+
+
+def generate_labels(model, tokenizer, ids, answers, words, pad_id, batch_size=32, max_new_tokens=None):
+    """Greedy answers parsed strictly; rows whose answer is not a label word fall back to the
+    label scores of the first generated step (the same numbers score mode computes).
+    Returns (probabilities, parsed label index or -1 per row, raw answers)."""
+    firsts = torch.tensor([a[0] for a in answers])
+    max_new = max_new_tokens or max(len(a) for a in answers) + 1
+    n = len(ids)
+    probs, parsed, raw = np.zeros((n, len(answers))), np.full(n, -1), [""] * n
+    with torch.no_grad():
+        for index in tqdm(batches_by_length(ids, batch_size), desc="generate", unit="batch", dynamic_ncols=True):
+            input_ids, mask = (t.to(model.device) for t in left_pad([ids[i] for i in index], pad_id))
+            out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                                 max_new_tokens=max_new, output_logits=True, return_dict_in_generate=True,
+                                 pad_token_id=pad_id)
+            probs[index] = torch.softmax(out.logits[0].float()[:, firsts], -1).cpu().numpy()
+            texts = tokenizer.batch_decode(out.sequences[:, input_ids.shape[1]:], skip_special_tokens=True)
+            for i, text in zip(index, texts):
+                raw[i] = text
+                label = parse_answer(text, words)
+                parsed[i] = -1 if label is None else label
+    return probs, parsed, raw

