@@ -180,20 +180,21 @@ def cv(spec_path, folds, holdout, mode, sweep, name, no_baseline, **options):
     models = options.pop("model") or (DEFAULTS_M.model,)
     model_args, train_args, max_length = _split_args(options)
     spec = _load(spec_path, max_length)
-    configs = []   # (name, ModelArgs, TrainArgs)
+    configs = []   # (name, spec, ModelArgs, TrainArgs)
     if sweep:
         for entry in read_sweep(sweep):
-            m, t = split_overrides(entry, model_args, train_args, f"{sweep} [[config]] {entry['name']}")
-            configs.append((f"{Path(sweep).stem}-{entry['name']}", m, t))
+            configs.append((f"{spec.name}-{Path(sweep).stem}-{entry['name']}",
+                            *split_overrides(entry, spec, model_args, train_args,
+                                             f"{sweep} [[config]] {entry['name']}")))
     else:
         for model in models:
             m = replace(model_args, model=model)
-            configs.append((name if name and len(models) == 1 else run_name(spec, m), m, train_args))
-    if not no_baseline and not any(m.model == TFIDF for _, m, _ in configs):
-        configs.insert(0, (run_name(spec, ModelArgs(model=TFIDF)), ModelArgs(model=TFIDF), train_args))
+            configs.append((name if name and len(models) == 1 else run_name(spec, m), spec, m, train_args))
+    if not no_baseline and not any(m.model == TFIDF for _, _, m, _ in configs):
+        configs.insert(0, (run_name(spec, ModelArgs(model=TFIDF)), spec, ModelArgs(model=TFIDF), train_args))
     results = []
-    for config_name, m, t in configs:
-        scores = cross_validate(spec, m, t, folds, holdout, t.seed, mode, config_name)
+    for config_name, s, m, t in configs:
+        scores = cross_validate(s, m, t, folds, holdout, t.seed, mode, config_name)
         click.echo(format_scores(scores, spec) + "\n")
         results.append(scores)
     summary = table(results, spec)

@@ -211,19 +211,30 @@ def read_sweep(path):
     return configs
 
 
-def split_overrides(overrides, base_model, base_train, where):
-    """Apply a sweep entry's keys to copies of the model and training arguments."""
+SPEC_KEYS = ("instruction", "label_words", "max_length")
+
+
+def split_overrides(overrides, spec, base_model, base_train, where):
+    """Apply a sweep entry's keys to copies of the spec (prompt keys), model and training args."""
     from dataclasses import fields, replace
     model_keys = {f.name for f in fields(ModelArgs)}
     train_keys = {f.name for f in fields(TrainArgs)}
-    model_changes, train_changes = {}, {}
+    changes = {"spec": {}, "model": {}, "train": {}}
     for key, value in overrides.items():
         if key == "name":
             continue
-        if key in model_keys:
-            model_changes[key] = value
+        if key in SPEC_KEYS:
+            changes["spec"][key] = value
+        elif key in model_keys:
+            changes["model"][key] = value
         elif key in train_keys:
-            train_changes[key] = value
+            changes["train"][key] = value
         else:
-            raise KitError(f"{where}: unknown option {key!r}; known: {sorted(model_keys | train_keys)}")
-    return replace(base_model, **model_changes), replace(base_train, **train_changes)
+            raise KitError(f"{where}: unknown option {key!r}; known: {sorted(model_keys | train_keys | set(SPEC_KEYS))}")
+    words = changes["spec"].get("label_words")
+    if words is not None:
+        if set(map(str, words)) != set(spec.labels):
+            raise KitError(f"{where}: label_words must map every label {spec.labels}")
+        changes["spec"]["label_words"] = {str(k): str(v) for k, v in words.items()}
+    return (replace(spec, **changes["spec"]), replace(base_model, **changes["model"]),
+            replace(base_train, **changes["train"]))

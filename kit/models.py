@@ -296,13 +296,14 @@ class TransformerModel:
             f"{stats['truncated_rows']} truncated to {self.task.max_length}")
         if self.args.head == "generate":
             targets = [self.answers[label] for label in rows.labels]
+            sequences = [s + t for s, t in zip(ids, targets)]     # the answer follows its prompt
             loss_fn = train.generative_loss
         else:
-            targets = list(rows.labels)
+            sequences, targets = ids, list(rows.labels)
             weights = self._class_weights(rows.labels) if self.train_args.class_weights else None
-            loss_fn = lambda m, b: train.classify_loss(m, b, weights)  # noqa: E731
-        self.loss_log = train.fit(model, ids, targets, self.tokenizer.pad_token_id, loss_fn,
-                                  self.train_args, checkpoint=checkpoint, resume=resume)
+            loss_fn = lambda m, inputs, y: train.classify_loss(m, inputs, y, weights)  # noqa: E731
+        self.loss_log = train.fit(model, sequences, targets, self.tokenizer.pad_token_id, loss_fn,
+                                  self.train_args, checkpoint=checkpoint, resume=resume, left_pad=self.decoder)
         self.model = model.eval()
         self.train_stats = stats
         return self

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .parse import parse_answer
+from .train import pad_batch
 
 SCORE, GENERATE, FALLBACK = "score", "generate", "fallback"
 
@@ -39,7 +40,8 @@ def shared_prefix_length(ids):
 class PrefixCache:
     """The KV cache of the prompt prefix every row shares, computed once per predict call."""
 
-    def __init__(self, model, ids, enabled=True):
+    def __init__(self, model, ids, enabled=True, left=True):
+        self.left = left          # decoders pad on the left; encoders pool [CLS] and pad on the right
         self.length = shared_prefix_length(ids) if enabled and len(ids) > 1 else 0
         self.cache = None
         if self.length:
@@ -49,10 +51,10 @@ class PrefixCache:
 
     def inputs(self, rows, pad_id, device):
         """Model inputs for a batch: the suffixes left-padded, positions continuing the prefix."""
+        if not self.length:
+            return pad_batch(rows, pad_id, self.left, device)
         suffixes = [s[self.length:] for s in rows]
         input_ids, mask = (t.to(device) for t in left_pad(suffixes, pad_id))
-        if not self.length:
-            return {"input_ids": input_ids, "attention_mask": mask}
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(len(rows))
         return {"input_ids": input_ids,
@@ -86,7 +88,8 @@ def score_labels(model, ids, first_tokens, pad_id, batch_size=32, use_prefix_cac
 
 def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True):
     """P(label) from a classification head (the last real token is pooled)."""
-    prefix = PrefixCache(model, ids, use_prefix_cache and is_decoder(model.config))
+    decoder = is_decoder(model.config)
+    prefix = PrefixCache(model, ids, use_prefix_cache and decoder, left=decoder)
 
     def forward(index, rows):
         return torch.softmax(model(**prefix.inputs(rows, pad_id, model.device)).logits.float(), -1).cpu().numpy()

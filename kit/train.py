@@ -4,6 +4,7 @@ Length-grouped batches with dynamic padding (little compute spent on pads), loss
 tokens only (the generative head never computes full-vocabulary logits for prompt tokens),
 checkpoints every N steps with everything needed to resume to the same final weights.
 """
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -41,42 +42,123 @@ def length_grouped_batches(lengths, batch_size, seed, epoch):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def pad_right(sequences, value):
+def backbone_of(model):
+    """The transformer stack under any head and any peft wrapper (LlamaModel, BertModel, ...)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix, base)
+
+
+def block_list(model):
+    """The ModuleList of transformer blocks, or None when the model keeps them elsewhere."""
+    backbone = backbone_of(model)
+    for name in ("layers", "h", "blocks"):
+        blocks = getattr(backbone, name, None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            return name, backbone, blocks
+    return None
+
+
+def pad_batch(sequences, pad_id, left, device):
+    """Token ids padded into a batch. Decoders pad on the left, so the last position is every
+    row's last real token (the classify head pools it, the answer follows it), with positions
+    counted from each row's first real token, exactly as prediction does."""
     width = max(len(s) for s in sequences)
-    return torch.tensor([list(s) + [value] * (width - len(s)) for s in sequences])
-
-
-def collate(ids, pad_id, targets=None, device="cpu"):
-    """Right-padded batch; targets is per-row label index (classify) or answer ids (generate)."""
-    batch = {"input_ids": pad_right(ids, pad_id).to(device),
-             "attention_mask": pad_right([[1] * len(s) for s in ids], 0).to(device)}
-    if targets is not None:
-        batch["targets"] = targets
+    pads = [[pad_id] * (width - len(s)) for s in sequences]
+    ids = [p + list(s) if left else list(s) + p for p, s in zip(pads, sequences)]
+    mask = [[0] * len(p) + [1] * len(s) if left else [1] * len(s) + [0] * len(p) for p, s in zip(pads, sequences)]
+    batch = {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
+    if left:
+        batch["position_ids"] = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
     return batch
 
 
-def generative_loss(model, batch):
-    """Cross-entropy on the answer tokens only: hidden states are gathered at the positions
-    that predict answer tokens, and only those go through the (large) output layer."""
-    answers, prompt_ids = batch["targets"], batch["input_ids"]
-    inputs = [list(p[:n]) + a for p, n, a in zip(prompt_ids.tolist(), batch["attention_mask"].sum(1).tolist(), answers)]
-    full = collate(inputs, 0, device=prompt_ids.device)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # peft or full FT
-    hidden = base.model(input_ids=full["input_ids"],
-                                          attention_mask=full["attention_mask"]).last_hidden_state
+class FrozenBottom:
+    """When only the top blocks learn (LoRA on the top N layers), the lower blocks give the
+    same output for a row in every epoch: compute it once, then train on the top blocks alone.
+    A step then costs the top blocks' forward and backward, not a pass through the whole model."""
+
+    def __init__(self, model, sequences, batch_size=32):
+        found = block_list(model)
+        self.split = 0
+        if found is None:
+            return
+        self.attribute, self.backbone, self.blocks = found
+        trainable = [any(p.requires_grad for p in block.parameters()) for block in self.blocks]
+        if any(trainable[:1]) or not any(trainable) or any(p.requires_grad for p in self._below_blocks()):
+            return            # everything learns: nothing to cache
+        self.split = trainable.index(True)
+        self.states = [None] * len(sequences)
+        self._compute(model, sequences, batch_size)
+
+    def _below_blocks(self):
+        skip = {id(p) for p in self.blocks.parameters()}
+        return [p for p in self.backbone.parameters() if id(p) not in skip]
+
+    def _compute(self, model, sequences, batch_size):
+        class Stop(Exception):
+            pass
+        captured = {}
+
+        def grab(module, args, output):
+            captured["h"] = output[0] if isinstance(output, tuple) else output
+            raise Stop
+        hook = self.blocks[self.split - 1].register_forward_hook(grab)
+        order = np.argsort([len(s) for s in sequences], kind="stable")
+        try:
+            with torch.no_grad():
+                for start in tqdm(range(0, len(order), batch_size), desc=f"frozen blocks 1-{self.split}",
+                                  unit="batch", dynamic_ncols=True):
+                    rows = order[start:start + batch_size]
+                    batch = pad_batch([sequences[i] for i in rows], 0, True, model.device)
+                    try:
+                        self.backbone(**batch)
+                    except Stop:
+                        pass
+                    for j, i in enumerate(rows):
+                        self.states[i] = captured["h"][j, -len(sequences[i]):].clone()
+        finally:
+            hook.remove()
+
+    def inputs(self, rows, device):
+        """A left-padded batch of cached hidden states for the top blocks."""
+        states = [self.states[i] for i in rows]
+        width = max(len(s) for s in states)
+        embeds = torch.zeros(len(states), width, states[0].shape[-1], dtype=states[0].dtype, device=device)
+        mask = torch.zeros(len(states), width, dtype=torch.long, device=device)
+        for j, s in enumerate(states):
+            embeds[j, width - len(s):] = s
+            mask[j, width - len(s):] = 1
+        return {"inputs_embeds": embeds, "attention_mask": mask,
+                "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+
+    def __enter__(self):
+        """Run only the top blocks: the backbone takes the cached states as its 'embeddings'."""
+        if self.split:
+            setattr(self.backbone, self.attribute, torch.nn.ModuleList(list(self.blocks)[self.split:]))
+        return self
+
+    def __exit__(self, *exc):
+        if self.split:
+            setattr(self.backbone, self.attribute, self.blocks)
+
+
+def generative_loss(model, inputs, answers):
+    """Cross-entropy on the answer tokens only. The rows end with their answers (left padding):
+    only the positions that predict answer tokens go through the (large) output layer."""
+    hidden = backbone_of(model)(**inputs).last_hidden_state
+    width = hidden.shape[1]
     rows, positions, labels = [], [], []
-    for row, (seq, answer) in enumerate(zip(inputs, answers)):
-        start = len(seq) - len(answer)
+    for row, answer in enumerate(answers):
         rows += [row] * len(answer)
-        positions += list(range(start - 1, len(seq) - 1))
+        positions += list(range(width - len(answer) - 1, width - 1))
         labels += answer
     logits = model.get_output_embeddings()(hidden[rows, positions])
     return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device))
 
 
-def classify_loss(model, batch, weights=None):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits.float(), torch.tensor(batch["targets"], device=logits.device), weight=weights)
+def classify_loss(model, inputs, labels, weights=None):
+    logits = model(**inputs).logits
+    return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device), weight=weights)
 
 
 def _trainable_state(model):
@@ -110,8 +192,10 @@ def total_steps(n_rows, args):
     return max(1, math.ceil(args.epochs * math.ceil(n_rows / args.batch_size) / args.grad_accum))
 
 
-def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=False, desc="train"):
-    """Train model's trainable parameters; returns the per-step loss log."""
+def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=False, desc="train",
+        left_pad=True, frozen_bottom=True):
+    """Train model's trainable parameters on token sequences; returns the per-step loss log.
+    loss_fn(model, inputs, targets_of_batch) -> scalar loss."""
     torch.manual_seed(args.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -122,34 +206,39 @@ def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=Fals
     step, loss_log = 0, []
     if resume and checkpoint and os.path.exists(checkpoint):
         step, loss_log = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    bottom = FrozenBottom(model, ids) if frozen_bottom and left_pad and step < steps else None
+    if bottom is not None and bottom.split:
+        make_inputs = lambda rows: bottom.inputs(rows, model.device)   # noqa: E731
+    else:
+        make_inputs = lambda rows: pad_batch([ids[i] for i in rows], pad_id, left_pad, model.device)  # noqa: E731
     lengths = [len(s) for s in ids]
     schedule = {}                            # epoch -> its batches, built once per epoch
     per_epoch = len(length_grouped_batches(lengths, args.batch_size, args.seed, 0))
     micro = step * args.grad_accum           # micro-batches already consumed
     model.train()
     bar = tqdm(total=steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
-    while step < steps:
-        running = 0.0
-        for _ in range(args.grad_accum):
-            epoch, index = divmod(micro, per_epoch)
-            if epoch not in schedule:
-                schedule = {epoch: length_grouped_batches(lengths, args.batch_size, args.seed, epoch)}
-            rows = schedule[epoch][index]
-            batch = collate([ids[i] for i in rows], pad_id, [targets[i] for i in rows], model.device)
-            loss = loss_fn(model, batch) / args.grad_accum
-            loss.backward()
-            running += loss.item()
-            micro += 1
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_log.append(round(running, 5))
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(loss_log[-20:]):.4f}")
-        if checkpoint and args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, step, loss_log)
+    with bottom if bottom is not None else contextlib.nullcontext():
+        while step < steps:
+            running = 0.0
+            for _ in range(args.grad_accum):
+                epoch, index = divmod(micro, per_epoch)
+                if epoch not in schedule:
+                    schedule = {epoch: length_grouped_batches(lengths, args.batch_size, args.seed, epoch)}
+                rows = schedule[epoch][index]
+                loss = loss_fn(model, make_inputs(rows), [targets[i] for i in rows]) / args.grad_accum
+                loss.backward()
+                running += loss.item()
+                micro += 1
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_log.append(round(running, 5))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(loss_log[-20:]):.4f}")
+            if checkpoint and args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
+                save_checkpoint(checkpoint, model, optimizer, scheduler, step, loss_log)
     bar.close()
     model.eval()
     return loss_log
