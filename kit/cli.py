@@ -183,7 +183,7 @@ def cv(spec_path, folds, holdout, mode, sweep, name, no_baseline, **options):
     configs = []   # (name, spec, ModelArgs, TrainArgs)
     if sweep:
         for entry in read_sweep(sweep):
-            configs.append((f"{spec.name}-{Path(sweep).stem}-{entry['name']}",
+            configs.append((f"{Path(sweep).stem}-{entry['name']}",
                             *split_overrides(entry, spec, model_args, train_args,
                                              f"{sweep} [[config]] {entry['name']}")))
     else:

@@ -4,6 +4,7 @@ Competitions trip on encodings (UTF-8 with a BOM, GBK), ids read as floats, labe
 as 1 / 1.0 / "1", empty text fields and duplicate ids. Everything is read as text and checked
 here, once, so the rest of the kit sees clean rows.
 """
+import io
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import pandas as pd
 
 from .errors import KitError
 
-ENCODINGS = ("utf-8-sig", "gb18030")   # gb18030 is a superset of GBK and GB2312
+ENCODINGS = ("utf-8", "gb18030")   # gb18030 is a superset of GBK and GB2312
 _FLOAT_ID = re.compile(r"^-?\d+\.0+$")
 
 
@@ -40,23 +41,31 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
+def decode(raw, path):
+    """Bytes -> text: UTF-8 (with or without a BOM) or GB18030/GBK, whose files sometimes carry
+    a UTF-8 BOM too when an editor added one."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for encoding in ENCODINGS:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise KitError(f"{path}: not UTF-8 or GBK/GB18030 text")
+
+
 def read_csv(path):
     """A CSV as strings exactly as written: no NaN, no float ids; UTF-8 (BOM or not) or GBK."""
     path = Path(path)
     if not path.is_file():
         raise KitError(f"file not found: {path}")
-    for encoding in ENCODINGS:
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-        except pd.errors.EmptyDataError:
-            raise KitError(f"{path}: the file is empty") from None
-        except pd.errors.ParserError as error:
-            raise KitError(f"{path}: not a valid CSV: {str(error).strip()}") from None
-    else:
-        raise KitError(f"{path}: not UTF-8 or GBK/GB18030 text")
+    text = decode(path.read_bytes(), path)
+    if not text.strip():
+        raise KitError(f"{path}: the file is empty")
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as error:
+        raise KitError(f"{path}: not a valid CSV: {str(error).strip()}") from None
     frame.columns = [str(c).replace("\ufeff", "").strip() for c in frame.columns]
     if frame.empty:
         raise KitError(f"{path}: no rows under the header")

@@ -186,6 +186,15 @@ class TfidfModel:
         return model
 
 
+def _quiet_transformers():
+    """Load reports and per-weight progress bars drown the kit's own progress; keep errors."""
+    import warnings
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 def _device_and_dtype():
     import torch
     if torch.cuda.is_available():
@@ -232,6 +241,7 @@ class TransformerModel:
             return
         from transformers import AutoConfig, AutoTokenizer
         from .predict import is_decoder
+        _quiet_transformers()
         remote = self.args.trust_remote_code
         config = AutoConfig.from_pretrained(self.path, trust_remote_code=remote)
         self.decoder = is_decoder(config)

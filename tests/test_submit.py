@@ -1,0 +1,87 @@
+"""Submission checks: columns, ids, order, NaN, labels, the sample; atomic writes."""
+import os
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_spec, write_toy_competition
+from kit import submit
+from kit.cli import main
+from kit.errors import KitError
+from kit.spec import load_spec
+
+
+@pytest.fixture
+def spec(tmp_path):
+    write_toy_competition(tmp_path, test_rows=3)
+    return load_spec(write_spec(tmp_path))
+
+
+IDS = ["100", "101", "102"]
+
+
+def frame(ids=IDS, labels=("0", "1", "0")):
+    return pd.DataFrame({"id": list(ids), "label": list(labels)})
+
+
+def test_valid_submission_passes(spec):
+    submit.validate(spec, frame(), IDS, "test")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (frame()[["label", "id"]], "columns"),
+    (frame(IDS[:2], ("0", "1")), "2 rows, the split has 3"),
+    (frame(["100", "101", "999"]), "missing ['102']; unknown ['999']"),
+    (frame(["101", "100", "102"]), "same ids, other order"),
+    (frame(labels=("0", None, "1")), "empty values in column 'label'"),
+    (frame(labels=("0", "2", "1")), "row 3: label '2' is not one of"),
+])
+def test_invalid_submissions(spec, bad, message):
+    with pytest.raises(KitError) as error:
+        submit.validate(spec, bad, IDS, "test")
+    assert message in str(error.value)
+
+
+def test_sample_with_other_ids_is_caught(tmp_path):
+    write_toy_competition(tmp_path, test_rows=3)
+    (tmp_path / "sample.csv").write_text("id,label\n100,0\n101,0\n555,0\n")
+    spec = load_spec(write_spec(tmp_path, sample='sample = "sample.csv"'))
+    with pytest.raises(KitError, match=r"sample.csv: ids differ from the split's; the split lacks \['555'\]"):
+        submit.validate(spec, frame(), IDS, "test")
+    submit.validate(spec, frame(), IDS, "testB")   # the sample lists test's ids, not testB's
+
+
+def test_fill_columns(tmp_path):
+    write_toy_competition(tmp_path, test_rows=3)
+    spec = load_spec(write_spec(tmp_path, columns='["id", "Keywords", "label"]',
+                                extra='[submission.fill]\nKeywords = "kw:{text}"\n'))
+    test = pd.DataFrame({"id": IDS, "text": ["a", "b", "c"]})
+    built = submit.build(spec, test, IDS, ["0", "1", "0"])
+    assert list(built.columns) == ["id", "Keywords", "label"]
+    assert built["Keywords"].tolist() == ["kw:a", "kw:b", "kw:c"]
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "submit.csv"
+    target.write_text("old\n")
+
+    class Boom(pd.DataFrame):
+        def to_csv(self, path, **kwargs):
+            open(path, "w").write("half")
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        submit.write(Boom(frame()), target)
+    assert target.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["submit.csv"]     # no temporary file left behind
+
+
+def test_check_command_validates_a_submission(tmp_path):
+    spec = write_toy_competition(tmp_path, test_rows=3)
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("id,label\n100.0,0\n101.0,1\n102.0,0\n")     # float ids are read as integers
+    bad.write_text("id,label\n100,0\n101,1\n")
+    ok = CliRunner().invoke(main, ["check", "--spec", str(spec), "--submission", str(good)])
+    assert ok.exit_code == 0 and "valid for split test (3 rows)" in ok.output
+    fail = CliRunner().invoke(main, ["check", "--spec", str(spec), "--submission", str(bad)])
+    assert fail.exit_code == 2 and "2 rows, the split has 3" in fail.output
