@@ -5,6 +5,7 @@ arguments, the trained model, the training metrics, and (after `kit cv`) the OOF
 """
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -14,14 +15,14 @@ import numpy as np
 import pandas as pd
 
 from . import submit
-from .data import load_rows, log, read_csv, write_json, write_text
+from .data import atomic_write, load_rows, log, read_csv, write_json, write_text
 from .errors import KitError
 from .metrics import decide
 from .models import TFIDF, Prediction, Task, load_model, make_model
 
 RUNS = Path("runs")
 SUBMISSION = Path("submissions") / "submit.csv"
-PREDICT_CHUNK = 256      # rows per resumable unit of prediction
+PREDICT_CHUNK = int(os.environ.get("KIT_PREDICT_CHUNK", 256))   # rows per resumable unit of prediction
 
 
 def run_name(spec, model_args):
@@ -92,8 +93,9 @@ def _fingerprint(*parts):
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def predict_resumable(model, rows, mode, progress_file=None, chunk=PREDICT_CHUNK):
+def predict_resumable(model, rows, mode, progress_file=None, chunk=None):
     """Predict in chunks, saving each finished chunk, so a killed run resumes where it stopped."""
+    chunk = chunk or PREDICT_CHUNK
     key = _fingerprint(rows.ids, rows.texts, mode)
     done = {}
     if progress_file and Path(progress_file).exists():
@@ -175,7 +177,6 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     submission = submit.build(spec, frame, rows.ids, [spec.labels[i] for i in labels], spec.split_path(split))
     submit.validate(spec, submission, rows.ids, split, where=f"submission for {split}")
     pred_path = directory / f"predictions-{split}.csv"
-    from .data import atomic_write
     atomic_write(pred_path, lambda tmp: table.to_csv(tmp, index=False))
     submit.write(submission, out)
     if (directory / "cv_scores.json").exists():
