@@ -23,8 +23,8 @@ def left_pad(sequences, value):
     return ids, mask
 
 
-def batches_by_length(ids, batch_size):
-    order = np.argsort([len(s) for s in ids], kind="stable")
+def batches_by_length(ids, batch_size, sort=True):
+    order = np.argsort([len(s) for s in ids], kind="stable") if sort else np.arange(len(ids))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -63,11 +63,11 @@ class PrefixCache:
                 "past_key_values": cache}
 
 
-def _run_batches(ids, batch_size, desc, forward):
+def _run_batches(ids, batch_size, desc, forward, sort=True):
     """Call forward(index, rows) per length-sorted batch; gather its (n, K) outputs in row order."""
     out = None
     with torch.no_grad():
-        for index in tqdm(batches_by_length(ids, batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+        for index in tqdm(batches_by_length(ids, batch_size, sort), desc=desc, unit="batch", dynamic_ncols=True):
             values = forward(index, [ids[i] for i in index])
             if out is None:
                 out = np.zeros((len(ids), values.shape[1]), dtype=np.float64)
@@ -75,15 +75,18 @@ def _run_batches(ids, batch_size, desc, forward):
     return out
 
 
-def score_labels(model, ids, first_tokens, pad_id, batch_size=32, use_prefix_cache=True):
-    """P(label) from one forward pass: softmax over the label words' first tokens."""
+def score_labels(model, ids, first_tokens, pad_id, batch_size=32, use_prefix_cache=True,
+                 sort_by_length=True, last_logits_only=True):
+    """P(label) from one forward pass: softmax over the label words' first tokens.
+    (The last two switches exist for the benchmark's ablations.)"""
     prefix = PrefixCache(model, ids, use_prefix_cache)
     firsts = torch.tensor(first_tokens)
 
     def forward(index, rows):
-        logits = model(**prefix.inputs(rows, pad_id, model.device), logits_to_keep=1).logits[:, -1]
+        keep = 1 if last_logits_only else 0
+        logits = model(**prefix.inputs(rows, pad_id, model.device), logits_to_keep=keep).logits[:, -1]
         return torch.softmax(logits.float()[:, firsts], -1).cpu().numpy()
-    return _run_batches(ids, batch_size, "score", forward)
+    return _run_batches(ids, batch_size, "score", forward, sort_by_length)
 
 
 def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True):
