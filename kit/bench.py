@@ -150,6 +150,25 @@ class Bench:
         self.rows[-1]["note"] += f"; {changed} label(s) differ from fp32, max |dP| {np.abs(probs - reference).max():.4f}"
 
 
+PLAIN_TEXT = (  # the opening of the US Declaration of Independence: plain, public-domain English
+    "When in the Course of human events, it becomes necessary for one people to dissolve the political "
+    "bands which have connected them with another, and to assume among the powers of the earth, the "
+    "separate and equal station to which the Laws of Nature and of Nature's God entitle them, a decent "
+    "respect to the opinions of mankind requires that they should declare the causes which impel them to "
+    "the separation. We hold these truths to be self-evident, that all men are created equal, that they "
+    "are endowed by their Creator with certain unalienable Rights, that among these are Life, Liberty and "
+    "the pursuit of Happiness. That to secure these rights, Governments are instituted among Men, deriving "
+    "their just powers from the consent of the governed.")
+
+
+def plain_text_loss(model, tokenizer):
+    """Mean next-token loss of the un-tuned weights on plain English: a check that the GGUF
+    de-quantisation left a working language model (a broken conversion gives a loss near ln V)."""
+    ids = torch.tensor([tokenizer(PLAIN_TEXT).input_ids], device=model.device)
+    with torch.no_grad():
+        return float(model(input_ids=ids, labels=ids).loss), ids.shape[1]
+
+
 def load_times(model_name):
     """Cold: GGUF de-quantised and converted (the first run on a machine); warm: the cache."""
     from transformers import AutoModelForCausalLM
@@ -262,6 +281,9 @@ def run_bench(data, n_rows, train_steps, model_name, quick=False, out=None):
         print(f"model load: cold (GGUF -> safetensors cache) {loads.get('cold_load_s', '-')} s, warm {loads['warm_load_s']} s")
     bench = Bench(model_name, texts, labels)
     bench.load()
+    loss, tokens = plain_text_loss(bench.model, bench.tok)
+    print(f"un-tuned weights: loss {loss:.3f} nats/token on {tokens} tokens of plain English "
+          f"(perplexity {np.exp(loss):.1f}; uniform over the vocabulary would be {np.log(bench.vocab):.1f})")
     log("bench: naive loop ...")
     bench.naive()
     bench.kit_generate()

@@ -134,7 +134,8 @@ def train(spec_path, name, resume, **options):
     from .pipeline import train_run
     model_args, train_args, max_length = _split_args(options)
     directory, stats = train_run(_load(spec_path, max_length), model_args, train_args, name, resume)
-    click.echo(f"trained {directory} in {stats['train_seconds']} s; final loss {stats['final_loss']}")
+    loss = f"; final loss {stats['final_loss']}" if stats["final_loss"] is not None else ""
+    click.echo(f"trained {directory} in {stats['train_seconds']} s{loss}")
 
 
 @main.command()

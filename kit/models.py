@@ -299,8 +299,9 @@ class TransformerModel:
         if self.args.lora_r:
             model = self._add_lora(model)
         if self.decoder and self.device == "cuda":
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
+            # non-reentrant: gradients reach LoRA weights even when the inputs are cached
+            # hidden states that need no gradient themselves
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         ids, stats = encoded if encoded else self.encode(rows)
         log(f"train: {stats['rows']} rows, {stats['mean_tokens']} tokens per row on average, "
             f"{stats['truncated_rows']} truncated to {self.task.max_length}")
@@ -329,6 +330,8 @@ class TransformerModel:
         ids, stats = encoded if encoded else self.encode(rows)
         pad, size = self.tokenizer.pad_token_id, self.args.predict_batch_size
         if self.args.head == "classify":
+            if mode == GENERATE:
+                log("predict: a classify-head model has no answers to generate; using its label probabilities")
             probs = classify_proba(self.model, ids, pad, size, self.args.prefix_cache)
             return Prediction(probs, ["classify"] * len(ids), stats=stats)
         if mode == SCORE:

@@ -115,3 +115,14 @@ def test_truncation_cuts_the_input_only(tiny_llama, tmp_path):
     assert len(ids[0]) == 48 and stats["truncated_rows"] == 1
     assert ids[0][:len(model.encoder.prefix)] == model.encoder.prefix       # instruction intact
     assert ids[0][-len(model.encoder.tail):] == model.encoder.tail          # answer slot intact
+
+
+def test_class_weights_change_the_loss(tiny_llama, toy):
+    """Inverse-frequency weights: the rare class counts more, so the loss differs from unweighted."""
+    spec, rows = rows_of(toy)
+    rows = rows.subset([i for i in range(len(rows)) if rows.labels[i] == 0 or i < 6])   # imbalanced
+    losses = []
+    for weighted in (False, True):
+        args = TrainArgs(max_steps=2, batch_size=8, checkpoint_every=0, class_weights=weighted)
+        losses.append(make_model(Task.from_spec(spec), ModelArgs(model=tiny_llama), args).fit(rows).loss_log)
+    assert losses[0] != losses[1]
