@@ -168,12 +168,12 @@ def format_scores(scores, spec):
 def table(all_scores, spec):
     """One row per configuration: the comparison a competitor decides on."""
     metric = spec.metric
-    header = f"| config | {metric} | tuned | fold mean ± std | wall s | train rows/s | predict rows/s |"
+    header = f"| config | {metric} | tuned | fold mean ± std | train+predict s | train rows/s | predict rows/s |"
     lines = [header, "|" + " --- |" * 7]
     for s in all_scores:
         tuned = f"{s['tuned_score']:.4f}" if "tuned_score" in s else "-"
         lines.append(f"| {s['config']['name']} | {s[metric]:.4f} | {tuned} | {s['fold_mean']:.4f} ± "
-                     f"{s['fold_std']:.4f} | {s['wall_seconds']} | {s['train_rows_per_s']} | "
+                     f"{s['fold_std']:.4f} | {s['train_seconds'] + s['predict_seconds']:.0f} | {s['train_rows_per_s']} | "
                      f"{s['predict_rows_per_s']} |")
     return "\n".join(lines)
 
@@ -220,7 +220,10 @@ def split_overrides(overrides, spec, base_model, base_train, where):
     model_keys = {f.name for f in fields(ModelArgs)}
     train_keys = {f.name for f in fields(TrainArgs)}
     changes = {"spec": {}, "model": {}, "train": {}}
+    types = {f.name: f.type for f in fields(ModelArgs) + fields(TrainArgs)}
     for key, value in overrides.items():
+        if types.get(key) in (float, "float") and isinstance(value, int):
+            value = float(value)      # epochs = 2 in TOML means 2.0, and fingerprints the same
         if key == "name":
             continue
         if key in SPEC_KEYS:

@@ -143,7 +143,7 @@ class ModelArgs:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: list = None   # None: every linear layer inside the transformer blocks
-    lora_layers: int = 8        # >0: LoRA only on the top N blocks (the lower ones are computed once)
+    lora_layers: int = 4        # >0: LoRA only on the top N blocks (the lower ones are computed once)
     trust_remote_code: bool = False
     predict_batch_size: int = 32
     prefix_cache: bool = True

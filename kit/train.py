@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 @dataclass
 class TrainArgs:
     lr: float = 1e-3
-    epochs: float = 1.0
+    epochs: float = 2.0
     max_steps: int = 0           # 0: derived from epochs
     batch_size: int = 16
     grad_accum: int = 1
