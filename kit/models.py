@@ -150,7 +150,10 @@ class ModelArgs:
 
 
 class TfidfModel:
-    """The classical baseline: word 1-2 gram TF-IDF + logistic regression."""
+    """The classical baseline: word 1-2 gram TF-IDF + logistic regression with balanced class
+    weights, its C chosen by an inner 3-fold CV on the training rows only (a baseline worth
+    beating: on the 5-class medical abstracts a fixed C=4 without class weights gave macro-F1
+    0.44 where this gives about 0.57)."""
     kind = TFIDF
 
     def __init__(self, task, args=None, train_args=None):
@@ -159,11 +162,14 @@ class TfidfModel:
 
     def fit(self, rows, **_):
         from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import LogisticRegressionCV
         from sklearn.pipeline import make_pipeline
+        scoring = "f1" if len(self.task.words) == 2 else "f1_macro"
         self.pipeline = make_pipeline(
             TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, strip_accents="unicode"),
-            LogisticRegression(C=4.0, max_iter=2000, random_state=self.seed))
+            LogisticRegressionCV(Cs=[0.25, 1.0, 4.0, 16.0], cv=3, scoring=scoring, class_weight="balanced",
+                                 l1_ratios=(0.0,), use_legacy_attributes=False,
+                                 max_iter=2000, random_state=self.seed))
         self.pipeline.fit(rows.texts, rows.labels)
         return self
 
