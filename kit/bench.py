@@ -192,13 +192,19 @@ def load_times(model_name):
 
 
 # -- training ------------------------------------------------------------------------------
-def train_kit(model_name, texts, labels, steps, batch, lora_layers=0, head="generate"):
+def train_kit(model_name, texts, labels, steps, batch, lora_layers=0, head="generate", seed_prompt=False):
+    """kit's training loop; seed_prompt feeds it the seeds' chat prompt, to compare losses with
+    the Trainer on identical inputs."""
     model = TransformerModel(Task(INSTRUCTION, ["0", "1"], 128),
                              ModelArgs(model=model_name, head=head, lora_layers=lora_layers),
                              TrainArgs(lr=3e-4, max_steps=steps, batch_size=batch, warmup=0, checkpoint_every=0))
     from .data import Rows
     rows = Rows([str(i) for i in range(len(texts))], texts, list(labels))
     ids, _ = model.encode(rows)
+    if seed_prompt:
+        ids = [model.tokenizer.apply_chat_template([{"role": "user", "content": f"{INSTRUCTION}\n{t}"}],
+                                                   add_generation_prompt=True, tokenize=True, return_dict=False)
+               for t in texts]
     tokens_per_row = np.mean([len(s) + (2 if head == "generate" else 0) for s in ids])
     (_, seconds, rss, gpu) = _timed(lambda: model.fit(rows, encoded=(ids, {"rows": len(ids), "mean_tokens": 0,
                                                                            "truncated_rows": 0})))
@@ -301,14 +307,18 @@ def run_bench(data, n_rows, train_steps, model_name, quick=False, out=None):
         log("bench: training ...")
         batch = 16
         results["transformers.Trainer + peft (seed prompt)"] = train_trainer(model_name, texts, labels, train_steps, batch)
-        results["kit train, same settings (generate, all layers)"] = train_kit(model_name, texts, labels, train_steps, batch)
-        results["kit train, default recipe (classify, top 8)"] = train_kit(
-            model_name, texts, labels, train_steps, batch, lora_layers=8, head="classify")
+        results["kit train, same settings and seed prompt"] = train_kit(
+            model_name, texts, labels, train_steps, batch, seed_prompt=True)
+        results["kit train, same settings, kit prompt"] = train_kit(model_name, texts, labels, train_steps, batch)
+        default = ModelArgs()
+        results[f"kit train, default recipe ({default.head}, top {default.lora_layers})"] = train_kit(
+            model_name, texts, labels, train_steps, batch, lora_layers=default.lora_layers, head=default.head)
         p, layers = bench.params, bench.model.config.num_hidden_layers
-        flops_per_token = {  # forward 2P + backward through activations ~2P (frozen weights)
-            "transformers.Trainer + peft (seed prompt)": 4 * p,
-            "kit train, same settings (generate, all layers)": 4 * p,
-            "kit train, default recipe (classify, top 8)": 4 * p * 8 / layers}
+        # forward 2P + backward through activations ~2P (frozen weights); the default recipe
+        # runs the lower blocks once (2P) and the top blocks forward and backward
+        flops_per_token = {name: 4 * p for name in results}
+        top = ModelArgs().lora_layers
+        flops_per_token[list(results)[-1]] = 2 * p * (layers - top) / layers + 4 * p * top / layers
         print_train_table(results, peak, flops_per_token)
     if out:
         with open(out, "w") as handle:

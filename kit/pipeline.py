@@ -167,6 +167,10 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     rows, frame = load_rows(spec, split)
     cut = resolve_threshold(spec, threshold, directory)
     model = load_model(directory / "model")
+    trained = [spec.label_words[label] for label in spec.labels]
+    if model.task.words != trained:
+        raise KitError(f"run {directory} was trained for labels {model.task.words}, the spec {spec.path} "
+                       f"has {trained}; pass --run with a run of this competition")
     start = time.time()
     progress = directory / f".predict-{split}-{mode}.progress.json"
     prediction = predict_resumable(model, rows, mode, progress)

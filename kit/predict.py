@@ -112,7 +112,9 @@ def generate_labels(model, tokenizer, ids, answers, words, pad_id, batch_size=32
     label scores of the first generated step (the same numbers score mode computes).
     Returns (probabilities, parsed label index or -1 per row, raw answers)."""
     firsts = torch.tensor([a[0] for a in answers])
-    max_new = max_new_tokens or max(len(a) for a in answers) + 1
+    # the longest answer already ends with end-of-turn: enough tokens to see whether the model
+    # said exactly a label word and stopped
+    max_new = max_new_tokens or max(len(a) for a in answers)
     n = len(ids)
     probs, parsed, raw = np.zeros((n, len(answers))), np.full(n, -1), [""] * n
     with torch.no_grad():
