@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .errors import KitError
+
 
 @dataclass
 class TrainArgs:
@@ -161,12 +163,14 @@ def classify_loss(model, inputs, labels, weights=None):
     return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device), weight=weights)
 
 
-def _trainable_state(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+def trainable_parameters(model):
+    """Name -> parameter, taken before FrozenBottom swaps the block list (inside the swap the
+    top blocks would be renumbered from 0)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path, model, optimizer, scheduler, step, loss_log):
-    state = {"trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
+def save_checkpoint(path, trainable, optimizer, scheduler, step, loss_log):
+    state = {"trainable": {name: p.detach().clone() for name, p in trainable.items()}, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "loss_log": loss_log,
              "rng": torch.get_rng_state()}
     tmp = f"{path}.tmp"
@@ -174,12 +178,14 @@ def save_checkpoint(path, model, optimizer, scheduler, step, loss_log):
     os.replace(tmp, path)   # a kill during the save leaves the previous checkpoint whole
 
 
-def load_checkpoint(path, model, optimizer, scheduler):
+def load_checkpoint(path, trainable, optimizer, scheduler):
     state = torch.load(path, weights_only=False)
-    params = dict(model.named_parameters())
+    if set(state["trainable"]) != set(trainable):
+        raise KitError(f"{path}: the checkpoint does not match this model's trainable weights; "
+                       "train again without --resume")
     with torch.no_grad():
         for name, value in state["trainable"].items():
-            params[name].copy_(value)
+            trainable[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
@@ -197,7 +203,8 @@ def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=Fals
     """Train model's trainable parameters on token sequences; returns the per-step loss log.
     loss_fn(model, inputs, targets_of_batch) -> scalar loss."""
     torch.manual_seed(args.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = trainable_parameters(model)
+    params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps = total_steps(len(ids), args)
     warm = max(1, int(args.warmup * steps))
@@ -205,7 +212,7 @@ def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=Fals
         optimizer, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm + 1)))
     step, loss_log = 0, []
     if resume and checkpoint and os.path.exists(checkpoint):
-        step, loss_log = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        step, loss_log = load_checkpoint(checkpoint, trainable, optimizer, scheduler)
     bottom = FrozenBottom(model, ids) if frozen_bottom and left_pad and step < steps else None
     if bottom is not None and bottom.split:
         make_inputs = lambda rows: bottom.inputs(rows, model.device)   # noqa: E731
@@ -238,7 +245,7 @@ def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=Fals
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(loss_log[-20:]):.4f}")
             if checkpoint and args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-                save_checkpoint(checkpoint, model, optimizer, scheduler, step, loss_log)
+                save_checkpoint(checkpoint, trainable, optimizer, scheduler, step, loss_log)
     bar.close()
     model.eval()
     return loss_log
