@@ -204,7 +204,7 @@ def cv(spec_path, folds, holdout, mode, sweep, name, no_baseline, **options):
     if baseline and len(results) > 1:
         click.echo(verdict(results, baseline, spec))
     if len(results) > 1:
-        stem = Path(sweep).stem if sweep else "compare"
+        stem = Path(sweep).stem if sweep else f"{spec.name}-compare"
         write_text(RUNS / f"{stem}-table.md", summary + "\n")
         write_json(RUNS / f"{stem}-table.json", results)
         click.echo(f"table saved: {RUNS / f'{stem}-table.md'}")
