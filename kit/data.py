@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import KitError
+from .spec import template_fields
 
 ENCODINGS = ("utf-8", "gb18030")   # gb18030 is a superset of GBK and GB2312
 _FLOAT_ID = re.compile(r"^-?\d+\.0+$")
@@ -120,17 +121,12 @@ def normalise_labels(values, labels, path, column):
 
 def render_inputs(frame, template, path):
     """Fill the spec's input template from each row; report rows whose fields are all empty."""
-    fields = [name for name in _template_fields(template)]
+    fields = template_fields(template)
     require_columns(frame, fields, path, "used by the input template")
     records = frame[fields].to_dict("records")
     texts = [template.format_map(record) for record in records]
     empty = sum(all(not str(record[f]).strip() for f in fields) for record in records)
     return texts, empty
-
-
-def _template_fields(template):
-    import string
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 def load_rows(spec, split="train"):

@@ -6,11 +6,14 @@ converts it once and caches plain safetensors; later loads read the cache.
 """
 import json
 import os
-import shutil
+import pickle
 import sys
 import sysconfig
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .data import log
 from .errors import KitError
@@ -104,10 +107,6 @@ def resolve_model(name):
 # Estimators: every road looks the same to the rest of the kit (scikit-learn's lesson):
 #   fit(rows) -> self,  predict(rows, mode) -> Prediction,  save(dir),  load(dir)
 # ---------------------------------------------------------------------------------------------
-import pickle  # noqa: E402  (kept beside the estimators that use it)
-from dataclasses import asdict, dataclass, field  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 HEADS = ("classify", "generate")
 TFIDF = "tfidf"

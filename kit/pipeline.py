@@ -217,8 +217,8 @@ def score_file(spec, pred_path, truth_path):
                        f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unknown (e.g. {extra[:3]})")
     prob_cols = [f"p_{label}" for label in spec.labels]
     if all(c in frame.columns for c in prob_cols):
-        probs = frame.set_index(frame[id_col].map(dict(zip(frame[id_col], ids))))[prob_cols].astype(float)
-        probs = probs.loc[truth_ids].to_numpy()
+        by_id_probs = dict(zip(ids, frame[prob_cols].astype(float).to_numpy()))
+        probs = np.array([by_id_probs[i] for i in truth_ids])
     else:  # a submission file: hard labels only
         probs = np.eye(len(spec.labels))[[by_id[i] for i in truth_ids]]
     parsed = np.array([by_id[i] for i in truth_ids])

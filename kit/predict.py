@@ -16,13 +16,6 @@ from .train import pad_batch
 SCORE, GENERATE, FALLBACK = "score", "generate", "fallback"
 
 
-def left_pad(sequences, value):
-    width = max(len(s) for s in sequences)
-    ids = torch.tensor([[value] * (width - len(s)) + list(s) for s in sequences])
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
-    return ids, mask
-
-
 def batches_by_length(ids, batch_size, sort=True):
     order = np.argsort([len(s) for s in ids], kind="stable") if sort else np.arange(len(ids))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -54,7 +47,8 @@ class PrefixCache:
         if not self.length:
             return pad_batch(rows, pad_id, self.left, device)
         suffixes = [s[self.length:] for s in rows]
-        input_ids, mask = (t.to(device) for t in left_pad(suffixes, pad_id))
+        batch = pad_batch(suffixes, pad_id, True, device)
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(len(rows))
         return {"input_ids": input_ids,
@@ -119,7 +113,8 @@ def generate_labels(model, tokenizer, ids, answers, words, pad_id, batch_size=32
     probs, parsed, raw = np.zeros((n, len(answers))), np.full(n, -1), [""] * n
     with torch.no_grad():
         for index in tqdm(batches_by_length(ids, batch_size), desc="generate", unit="batch", dynamic_ncols=True):
-            input_ids, mask = (t.to(model.device) for t in left_pad([ids[i] for i in index], pad_id))
+            batch = pad_batch([ids[i] for i in index], pad_id, True, model.device)
+            input_ids, mask = batch["input_ids"], batch["attention_mask"]
             out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                                  max_new_tokens=max_new, output_logits=True, return_dict_in_generate=True,
                                  pad_token_id=pad_id)

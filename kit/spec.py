@@ -39,7 +39,7 @@ class Spec:
         return self.labels[1] if len(self.labels) == 2 else None
 
     def template_columns(self, template=None):
-        return [name for _, name, _, _ in string.Formatter().parse(template or self.input_template) if name]
+        return template_fields(template or self.input_template)
 
     def split_path(self, split):
         if split == "train":
@@ -47,6 +47,11 @@ class Spec:
         if split not in self.splits:
             raise KitError(f"{self.path}: unknown split {split!r}; [splits] has {sorted(self.splits) or 'none'}")
         return self.splits[split]
+
+
+def template_fields(template):
+    """The column names a template like "title:{title}" refers to."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 def _need(table, key, where, kind=str):
