@@ -163,8 +163,8 @@ def resolve_threshold(spec, threshold, directory):
 
 def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS):
     """`kit predict`: predictions for a split, then a validated submission written atomically."""
+    rows, frame = load_rows(spec, split)       # input errors first: they need no trained run
     directory = resolve_run(run, runs)
-    rows, frame = load_rows(spec, split)
     cut = resolve_threshold(spec, threshold, directory)
     model = load_model(directory / "model")
     trained = [spec.label_words[label] for label in spec.labels]
