@@ -6,24 +6,28 @@ from .data import load_rows, read_csv
 def check_all(spec, submission_path=None, split="test"):
     """Read every file the spec names the way train/predict will; returns lines to print."""
     lines = [f"spec {spec.path}: ok ({spec.name}; labels {spec.labels}; metric {spec.metric})"]
-    rows, _ = load_rows(spec, "train")
+    rows, frame = load_rows(spec, "train")
+    encoding = frame.attrs["encoding"]
     counts = {label: rows.labels.count(i) for i, label in enumerate(spec.labels)}
-    lines.append(f"train {spec.train}: {len(rows)} rows, labels {counts}")
+    lines.append(f"train {spec.train}: {len(rows)} rows ({encoding}), labels {counts}")
     split_ids = {}
     for name in spec.splits:
-        split_rows, _ = load_rows(spec, name)
+        split_rows, split_frame = load_rows(spec, name)
         split_ids[name] = split_rows.ids
-        lines.append(f"split {name} {spec.splits[name]}: {len(split_rows)} rows")
+        split_encoding = split_frame.attrs["encoding"]
+        lines.append(f"split {name} {spec.splits[name]}: {len(split_rows)} rows ({split_encoding})")
+        if split_encoding != encoding:   # often a sign the files come from different exports
+            lines.append(f"warning: train is {encoding} but split {name} is {split_encoding}; "
+                         "check that both read correctly")
     if spec.sample is not None:
         if spec.sample_split not in split_ids:
             lines.append(f"sample {spec.sample}: not checked, sample_split {spec.sample_split!r} is not a split")
         else:
             submit.check_sample(spec, split_ids[spec.sample_split])
-            lines.append(f"sample {spec.sample}: same columns as the spec, same ids as {spec.sample_split}")
+            lines.append(f"sample {spec.sample}: same columns as the spec, same ids and order as {spec.sample_split}")
     if submission_path:
         ids = split_ids.get(split) or load_rows(spec, split)[0].ids
-        frame = read_csv(submission_path)
-        frame[spec.submission_id] = frame[spec.submission_id].str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
+        frame = read_csv(submission_path)   # ids are compared by id_key: '3.0' matches '3'
         submit.validate(spec, frame, ids, split, where=str(submission_path))
         lines.append(f"submission {submission_path}: valid for split {split} ({len(frame)} rows)")
     return lines

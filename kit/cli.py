@@ -12,6 +12,10 @@ from .models import EMBEDDED_ENCODER, EMBEDDED_LLM, HEADS, TFIDF, ModelArgs
 from .train import TrainArgs
 
 DEFAULTS_M, DEFAULTS_T = ModelArgs(), TrainArgs()
+TRUST_REMOTE_CODE = click.option(
+    "--trust-remote-code", is_flag=True,
+    help="Let the base model's own Python code run (ChatGLM2/3). Taken from this command line only, "
+         "never from a run folder or a sweep file.")
 
 
 def _spec_option(command):
@@ -29,32 +33,40 @@ def _model_options(command, multiple_models=False):
                           "model directory, or a hub id." + (" Repeat to compare." if multiple_models else "")),
         click.option("--head", type=click.Choice(HEADS), default=DEFAULTS_M.head, show_default=True,
                      help="classify: a classification head on the last token; generate: answer the label word."),
-        click.option("--lora-r", type=int, default=DEFAULTS_M.lora_r, show_default=True,
+        click.option("--lora-r", type=click.IntRange(min=0), default=DEFAULTS_M.lora_r, show_default=True,
                      help="LoRA rank; 0 fine-tunes every weight."),
-        click.option("--lora-alpha", type=int, default=DEFAULTS_M.lora_alpha, show_default=True),
-        click.option("--lora-dropout", type=float, default=DEFAULTS_M.lora_dropout, show_default=True),
+        click.option("--lora-alpha", type=click.IntRange(min=1), default=DEFAULTS_M.lora_alpha, show_default=True),
+        click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS_M.lora_dropout,
+                     show_default=True),
         click.option("--lora-targets", default=None,
-                     help="Comma-separated module names (default: every linear layer in the blocks)."),
-        click.option("--lora-layers", type=int, default=DEFAULTS_M.lora_layers, show_default=True,
+                     help="Comma-separated module names (default: peft's all-linear, every linear layer in the "
+                          "blocks)."),
+        click.option("--lora-layers", type=click.IntRange(min=0), default=DEFAULTS_M.lora_layers, show_default=True,
                      help="LoRA on the top N blocks only (0: all); lower blocks then need no backward pass."),
-        click.option("--trust-remote-code", is_flag=True, help="Needed by ChatGLM2/3 directories."),
-        click.option("--max-length", type=int, default=None,
+        TRUST_REMOTE_CODE,
+        click.option("--max-length", type=click.IntRange(16, 131072), default=None,
                      help="Tokens per prompt (default: the spec's [task] max_length); the input is cut, "
                           "never the instruction or the answer."),
-        click.option("--lr", type=float, default=DEFAULTS_T.lr, show_default=True),
-        click.option("--epochs", type=float, default=DEFAULTS_T.epochs, show_default=True),
-        click.option("--max-steps", type=int, default=DEFAULTS_T.max_steps, show_default=True,
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS_T.lr, show_default=True),
+        click.option("--epochs", type=click.FloatRange(0, min_open=True), default=DEFAULTS_T.epochs,
+                     show_default=True),
+        click.option("--max-steps", type=click.IntRange(min=0), default=DEFAULTS_T.max_steps, show_default=True,
                      help="Stop after this many optimizer steps (0: use --epochs)."),
-        click.option("--batch-size", type=int, default=DEFAULTS_T.batch_size, show_default=True),
-        click.option("--grad-accum", type=int, default=DEFAULTS_T.grad_accum, show_default=True),
-        click.option("--warmup", type=float, default=DEFAULTS_T.warmup, show_default=True,
-                     help="Warm-up as a fraction of the steps; then linear decay to 0."),
-        click.option("--weight-decay", type=float, default=DEFAULTS_T.weight_decay, show_default=True),
-        click.option("--seed", type=int, default=DEFAULTS_T.seed, show_default=True),
-        click.option("--checkpoint-every", type=int, default=DEFAULTS_T.checkpoint_every, show_default=True,
-                     help="Save a resumable checkpoint every N steps (0: never)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS_T.batch_size, show_default=True),
+        click.option("--grad-accum", type=click.IntRange(min=1), default=DEFAULTS_T.grad_accum, show_default=True),
+        click.option("--warmup", type=click.FloatRange(0, 1), default=DEFAULTS_T.warmup, show_default=True,
+                     help="Linear warm-up from 0 over this fraction of the steps; then linear decay to 0."),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS_T.weight_decay,
+                     show_default=True),
+        click.option("--seed", type=int, default=DEFAULTS_T.seed, show_default=True,
+                     help="Training seed (initial weights, batch order, dropout)."),
+        click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULTS_T.checkpoint_every,
+                     show_default=True, help="Save a resumable checkpoint every N steps (0: never)."),
         click.option("--class-weights", is_flag=True, help="Weight the classify loss by inverse class frequency."),
-        click.option("--predict-batch-size", type=int, default=DEFAULTS_M.predict_batch_size, show_default=True),
+        click.option("--predict-batch-size", type=click.IntRange(min=1), default=DEFAULTS_M.predict_batch_size,
+                     show_default=True),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace a run folder of the same name that was made with other settings."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -62,7 +74,8 @@ def _model_options(command, multiple_models=False):
 
 
 def _split_args(options):
-    """CLI keyword arguments -> (ModelArgs, TrainArgs, max_length)."""
+    """CLI keyword arguments -> (ModelArgs, TrainArgs, max_length); the run-time flags
+    (trust_remote_code, overwrite) stay in options."""
     model_keys = {f.name for f in fields(ModelArgs)}
     train_keys = {f.name for f in fields(TrainArgs)}
     model = {k: v for k, v in options.items() if k in model_keys}
@@ -110,6 +123,8 @@ def main(debug):
       python -m kit train                  fine-tune on all of train.csv -> runs/<name>/
       python -m kit predict --split testB  -> submissions/submit.csv
     """
+    from .logs import setup
+    setup()
 
 
 @main.command()
@@ -126,14 +141,16 @@ def prepare(spec_path, out):
 @main.command()
 @_spec_option
 @_model_options
-@click.option("--name", default=None, help="Run folder name under runs/ (default: <spec>-<model>-<head>).")
-@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
+@click.option("--name", default=None,
+              help="Run folder name under runs/ (default: <spec>-<model>-<head>-<settings key>).")
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (same settings only).")
 @_friendly
-def train(spec_path, name, resume, **options):
+def train(spec_path, name, resume, trust_remote_code, overwrite, **options):
     """Fine-tune on the whole train split; saves runs/<name>/."""
     from .pipeline import train_run
     model_args, train_args, max_length = _split_args(options)
-    directory, stats = train_run(_load(spec_path, max_length), model_args, train_args, name, resume)
+    directory, stats = train_run(_load(spec_path, max_length), model_args, train_args, name, resume, overwrite,
+                                 trust_remote_code)
     loss = f"; final loss {stats['final_loss']}" if stats["final_loss"] is not None else ""
     click.echo(f"trained {directory} in {stats['train_seconds']} s{loss}")
 
@@ -141,18 +158,22 @@ def train(spec_path, name, resume, **options):
 @main.command()
 @_spec_option
 @click.option("--split", default="test", show_default=True, help="A split named in the spec's [splits].")
-@click.option("--run", default=None, help="Run folder name or path (default: the latest trained).")
+@click.option("--run", default=None, help="Run folder name or path (default: the latest run trained on this spec).")
 @click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True,
               help="score: label probabilities from one forward pass; generate: greedy answer, strict "
                    "parse, rows that do not parse fall back to scoring (counted).")
 @click.option("--threshold", default=None,
               help="Binary tasks: P(positive) cut-off, a number or 'oof' (tuned by `kit cv`). Default 0.5.")
 @click.option("--out", default="submissions/submit.csv", show_default=True)
+@click.option("--allow-spec-change", is_flag=True,
+              help="Predict with a run trained on another version of the spec (instruction, labels, ...).")
+@TRUST_REMOTE_CODE
 @_friendly
-def predict(spec_path, split, run, mode, threshold, out):
+def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code):
     """Predict a split and write a validated submission."""
     from .pipeline import predict_split
-    path, pred_path, stats = predict_split(_load(spec_path), split, run, mode, threshold, Path(out))
+    path, pred_path, stats = predict_split(_load(spec_path), split, run, mode, threshold, out,
+                                           allow_spec_change=allow_spec_change, trust_remote_code=trust_remote_code)
     decided = ", ".join(f"{k}: {v}" for k, v in stats["decided"].items())
     click.echo(f"predicted {stats['rows']} rows of {split} in {stats['seconds']} s ({stats['rows_per_s']} rows/s,"
                f" {stats.get('mean_tokens', '-')} tokens per row, {stats.get('truncated_rows', 0)} truncated); "
@@ -164,20 +185,24 @@ def predict(spec_path, split, run, mode, threshold, out):
 @main.command()
 @_spec_option
 @functools.partial(_model_options, multiple_models=True)
-@click.option("--folds", type=int, default=5, show_default=True)
-@click.option("--holdout", type=float, default=None, help="Hold out this fraction once instead of k folds.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Hold out this fraction once instead of k folds.")
+@click.option("--fold-seed", type=int, default=0, show_default=True,
+              help="Seed of the fold assignment, separate from --seed: configurations are scored on the same folds.")
 @click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True)
 @click.option("--sweep", type=click.Path(dir_okay=False), default=None,
               help="A TOML file of [[config]] tables (name + option overrides), one CV per entry.")
 @click.option("--name", default=None, help="Run folder name (one configuration only).")
 @click.option("--no-baseline", is_flag=True, help="Skip the TF-IDF baseline row.")
 @_friendly
-def cv(spec_path, folds, holdout, mode, sweep, name, no_baseline, **options):
+def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, trust_remote_code, overwrite,
+       **options):
     """Cross-validate: OOF score, per-fold spread, the TF-IDF baseline beside it."""
     from dataclasses import replace
     from .cv import cross_validate, format_scores, read_sweep, split_overrides, table, verdict
     from .data import write_json, write_text
-    from .pipeline import RUNS, run_name
+    from .runs import RUNS
     models = options.pop("model") or (DEFAULTS_M.model,)
     model_args, train_args, max_length = _split_args(options)
     spec = _load(spec_path, max_length)
@@ -190,12 +215,12 @@ def cv(spec_path, folds, holdout, mode, sweep, name, no_baseline, **options):
     else:
         for model in models:
             m = replace(model_args, model=model)
-            configs.append((name if name and len(models) == 1 else run_name(spec, m), spec, m, train_args))
+            configs.append((name if name and len(models) == 1 else None, spec, m, train_args))
     if not no_baseline and not any(m.model == TFIDF for _, _, m, _ in configs):
-        configs.insert(0, (run_name(spec, ModelArgs(model=TFIDF)), spec, ModelArgs(model=TFIDF), train_args))
+        configs.insert(0, (None, spec, ModelArgs(model=TFIDF), train_args))
     results = []
     for config_name, s, m, t in configs:
-        scores = cross_validate(s, m, t, folds, holdout, t.seed, mode, config_name)
+        scores = cross_validate(s, m, t, folds, holdout, fold_seed, mode, config_name, overwrite, trust_remote_code)
         click.echo(format_scores(scores, spec) + "\n")
         results.append(scores)
     summary = table(results, spec)

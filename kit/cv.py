@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from .data import atomic_write, load_rows, log, write_json
+from .data import atomic_write, load_rows, write_json
 from .errors import KitError
+from .logs import log
 from .metrics import decide, format_report, metric_value, report, tune_threshold
 from .models import ModelArgs, Prediction, Task, make_model
-from .pipeline import RUNS, _fingerprint, fit_timed, predictions_frame, run_name, save_run_config
+from .pipeline import fit_timed, predictions_frame
+from .runs import RUNS, fingerprint, open_run
 from .train import TrainArgs
 
 
@@ -45,25 +47,35 @@ def assign_folds(labels, folds=5, seed=0, holdout=None):
     return fold
 
 
-def _fold_file(directory, number):
-    return directory / "cv" / f"fold-{number}.json"
-
-
-def _run_fold(model_args, train_args, task, rows, encoded, fold, number, mode, directory, key):
-    """Fit on every row outside the fold, predict the fold; saved so a re-run skips it."""
-    path = _fold_file(directory, number)
-    if path.exists():
+def _saved_fold(path, key):
+    """A finished fold's result, only when it was made by exactly this CV configuration."""
+    if not path.exists():
+        return None
+    try:
         saved = json.loads(path.read_text())
-        if saved["key"] == key:
-            log(f"cv: fold {number + 1} already done, reused ({path})")
-            return saved
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        saved = {}
+    if saved.get("key") != key:
+        log(f"cv: {path} was made with other settings; fitting that fold again")
+        return None
+    return saved
+
+
+def _run_fold(make, rows, encoded, fold, number, mode, run, key):
+    """Fit on every row outside the fold, predict the fold; saved so a re-run skips it."""
+    path = run.fold_result(number)
+    saved = _saved_fold(path, key)
+    if saved is not None:
+        log(f"cv: fold {number + 1} already done, reused ({path})")
+        return saved
     train_index = np.flatnonzero(fold != number)
     held_index = np.flatnonzero(fold == number)
-    model = make_model(task, model_args, train_args)
+    model = make()
     pick = (lambda index: ([encoded[0][i] for i in index], encoded[1])) if encoded else (lambda index: None)
-    checkpoint = directory / "cv" / f"fold-{number}.ckpt"
+    checkpoint = run.fold_checkpoint(number)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    stats = fit_timed(model, rows.subset(train_index), pick(train_index), checkpoint, resume=True)
+    stats = fit_timed(model, rows.subset(train_index), pick(train_index), checkpoint, resume=True,
+                      checkpoint_key=fingerprint(key, number))
     start = time.time()
     prediction = model.predict(rows.subset(held_index), mode, encoded=pick(held_index))
     seconds = time.time() - start
@@ -77,18 +89,19 @@ def _run_fold(model_args, train_args, task, rows, encoded, fold, number, mode, d
     return result
 
 
-def cross_validate(spec, model_args, train_args, folds=5, holdout=None, seed=0, mode="score",
-                   name=None, runs=RUNS):
-    """Run CV for one configuration; returns the scores dict (also saved in the run folder)."""
+def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_seed=0, mode="score",
+                   name=None, overwrite=False, trust_remote_code=False, runs=RUNS):
+    """Run CV for one configuration; returns the scores dict (also saved in the run folder).
+    The folds come from fold_seed alone, so configurations that differ in their training seed
+    are scored on the same folds."""
     started = time.time()
     rows, _ = load_rows(spec, "train")
-    fold = assign_folds(rows.labels, folds, seed, holdout)
-    directory = runs / (name or run_name(spec, model_args))
-    save_run_config(directory, spec, model_args, train_args,
-                    {"cv": {"folds": folds, "holdout": holdout, "seed": seed, "mode": mode}})
+    fold = assign_folds(rows.labels, folds, fold_seed, holdout)
+    run = open_run(spec, model_args, train_args, name, overwrite, runs)
     task = Task.from_spec(spec)
-    key = _fingerprint(rows.ids, rows.texts, rows.labels, fold.tolist(), task, model_args, train_args, mode)
-    encoder = make_model(task, model_args, train_args)
+    key = fingerprint(run.key, fold.tolist(), mode)
+    make = lambda: make_model(task, model_args, train_args, trust_remote_code)   # noqa: E731
+    encoder = make()
     encoded = encoder.encode(rows) if hasattr(encoder, "encode") else None   # once, for every fold
     if encoded:
         log(f"cv: {encoded[1]['rows']} rows tokenised once, {encoded[1]['mean_tokens']} tokens per row, "
@@ -96,17 +109,19 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, seed=0, 
     numbers = sorted(set(fold.tolist()) - {-1})
     results = []
     for number in numbers:
-        log(f"cv: fold {number + 1} of {len(numbers)} ({directory.name})")
-        results.append(_run_fold(model_args, train_args, task, rows, encoded, fold, number, mode, directory, key))
-    scores = summarise(spec, rows, fold, results, directory)
+        log(f"cv: fold {number + 1} of {len(numbers)} ({run.name})")
+        results.append(_run_fold(make, rows, encoded, fold, number, mode, run, key))
+    scores = summarise(spec, rows, fold, results, run)
     scores["wall_seconds"] = round(time.time() - started, 1)
-    scores["config"] = {"name": directory.name, "model": model_args.model, "head": model_args.head,
-                        "folds": folds, "holdout": holdout, "seed": seed, "mode": mode}
-    write_json(directory / "cv_scores.json", scores)
+    scores["run_key"], scores["cv_key"] = run.key, key
+    scores["config"] = {"name": run.name, "model": model_args.model, "head": model_args.head,
+                        "folds": folds, "holdout": holdout, "fold_seed": fold_seed, "seed": train_args.seed,
+                        "mode": mode}
+    write_json(run.cv_scores, scores)
     return scores
 
 
-def summarise(spec, rows, fold, results, directory):
+def summarise(spec, rows, fold, results, run):
     """OOF probabilities -> the report, per-fold scores, tuned threshold, oof.csv."""
     n, k = len(rows), len(spec.labels)
     probs, parsed = np.zeros((n, k)), np.full(n, -1)
@@ -146,7 +161,7 @@ def summarise(spec, rows, fold, results, directory):
     oof.insert(1, "true", [spec.labels[i] for i in truth])
     oof["fold"] = fold
     oof = oof.iloc[held]
-    atomic_write(directory / "oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
+    atomic_write(run.oof, lambda tmp: oof.to_csv(tmp, index=False))
     return scores
 
 

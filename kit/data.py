@@ -4,6 +4,7 @@ Competitions trip on encodings (UTF-8 with a BOM, GBK), ids read as floats, labe
 as 1 / 1.0 / "1", empty text fields and duplicate ids. Everything is read as text and checked
 here, once, so the rest of the kit sees clean rows.
 """
+import csv
 import io
 import json
 import math
@@ -11,16 +12,19 @@ import os
 import re
 import sys
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import KitError
-from .spec import template_fields
+from .spec import render_template, template_fields
 
-ENCODINGS = ("utf-8", "gb18030")   # gb18030 is a superset of GBK and GB2312
-_FLOAT_ID = re.compile(r"^-?\d+\.0+$")
+_FLOAT_ID = re.compile(r"^(-?\d+)\.0+$")
+# Non-ASCII characters a Western (cp1252) text plausibly holds besides letters.
+_TYPOGRAPHIC = set("‘’‚“”„–—…•·«»‹›°±×÷§¶©®™€£¥¢¤¿¡´¨¸¯¹²³¼½¾†‡‰ˆ˜¦¬\xa0\xad")
+csv.field_size_limit(1 << 30)   # long abstracts; the default 128 KiB limit is per field
 
 
 @dataclass
@@ -42,34 +46,130 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
+def _is_cjk(ch):
+    return "\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or ch >= "\U00020000"
+
+
+def _in_gb2312(ch):
+    try:
+        ch.encode("gb2312")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _odd_chinese(text):
+    """Non-ASCII characters of a GB18030 reading that real text rarely holds: ideographs outside
+    GB2312's common range (Latin-1 'ü' + 'l' reads as 黮), private-use and unassigned ones."""
+    return sum((_is_cjk(ch) and not _in_gb2312(ch)) or unicodedata.category(ch) in ("Co", "Cn", "Cc")
+               for ch in text if not ch.isascii())
+
+
+def _looks_chinese(text):
+    """Evidence for GB18030: at most a third of the non-ASCII characters are odd (rare names such
+    as 镕 occur; misread Latin-1 is nearly all odd). Latin letters that a GB18030 encoder wrote
+    (ø, ş in an English file) come back as themselves and count as plain."""
+    return 3 * _odd_chinese(text) <= sum(not ch.isascii() for ch in text)
+
+
+def _looks_western(text):
+    """Evidence for Windows-1252: non-ASCII characters are letters or common punctuation, and
+    most such letters touch an ASCII letter (Müller, café); GBK read as cp1252 gives runs of
+    accented letters and symbols instead ('北京' -> '±±¾©')."""
+    if not all(ch.isascii() or ch.isalpha() or ch in _TYPOGRAPHIC for ch in text):
+        return False
+    letters = [i for i, ch in enumerate(text) if not ch.isascii() and ch.isalpha()]
+    in_words = sum(any(text[j:j + 1].isascii() and text[j:j + 1].isalpha() for j in (i - 1, i + 1))
+                   for i in letters)
+    return 2 * in_words >= len(letters)
+
+
+def _is_utf8(line):
+    try:
+        line.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def decode(raw, path):
-    """Bytes -> text: UTF-8 (with or without a BOM) or GB18030/GBK, whose files sometimes carry
-    a UTF-8 BOM too when an editor added one."""
+    """Bytes -> (text, encoding), chosen by evidence: UTF-8 (BOM or not), else GB18030/GBK when
+    the text reads as Chinese, else Windows-1252 when it reads as Western text. A decoding that
+    merely does not raise proves nothing: Latin-1 'Müller' is valid GB18030 ('M黮ler')."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    for encoding in ENCODINGS:
+    if _is_utf8(raw):
+        return raw.decode("utf-8"), "utf-8"
+    lines = raw.split(b"\n")      # safe: no GB18030 or cp1252 multi-byte sequence holds 0x0A
+    bad = next(i for i, line in enumerate(lines) if not _is_utf8(line)) + 1
+    # Lines with valid non-ASCII UTF-8 next to lines that are not: a mixed file, unless the line
+    # also reads as plain Chinese (a short GBK line can be valid UTF-8: 猫 is C3 A8, UTF-8 è).
+    utf8 = [line for line in lines if not line.isascii() and _is_utf8(line)]
+    for encoding, plausible in (("gb18030", _looks_chinese), ("cp1252", _looks_western)):
         try:
-            return raw.decode(encoding)
+            text = raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise KitError(f"{path}: not UTF-8 or GBK/GB18030 text")
+        mixed = [line for line in utf8 if encoding == "cp1252" or _odd_chinese(line.decode(encoding))]
+        if plausible(text) and "\x00" not in text and not mixed:
+            return text, encoding
+    raise KitError(f"{path}: line {bad} is not valid UTF-8, and the file is not cleanly "
+                   "GBK/GB18030 or Windows-1252; save it as UTF-8")
 
 
-def read_csv(path):
-    """A CSV as strings exactly as written: no NaN, no float ids; UTF-8 (BOM or not) or GBK."""
+def _header(line, names, path):
+    names = [name.replace("\ufeff", "").strip() for name in names]
+    for column, name in enumerate(names, start=1):
+        if not name:
+            raise KitError(f"{path}: line {line}: header column {column} has no name")
+        if names.index(name) + 1 != column:
+            raise KitError(f"{path}: line {line}: column {name!r} appears twice in the header "
+                           f"(columns {names.index(name) + 1} and {column})")
+    return names
+
+
+def _records(text, path):
+    """Yield (first physical line, fields) per record; every record must parse cleanly.
+    strict: a quote left open would otherwise swallow the rest of the file into one field."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    line = 1
+    try:
+        for fields in reader:
+            if len(fields) > 1 or "".join(fields).strip():   # blank lines are not records
+                yield line, fields
+            line = reader.line_num + 1
+    except csv.Error as error:
+        if "end of data" in str(error):
+            raise KitError(f"{path}: line {line}: a quote opens and never closes") from None
+        raise KitError(f"{path}: line {line}: not valid CSV ({error})") from None
+
+
+def read_csv_with_encoding(path):
+    """(frame, encoding): a CSV as strings exactly as written (no NaN, empty cells stay ""),
+    every row with exactly the header's fields, unique column names."""
     path = Path(path)
     if not path.is_file():
         raise KitError(f"file not found: {path}")
-    text = decode(path.read_bytes(), path)
-    if not text.strip():
+    text, encoding = decode(path.read_bytes(), path)
+    records = _records(text, path)
+    header = next(records, None)
+    if header is None:
         raise KitError(f"{path}: the file is empty")
-    try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except pd.errors.ParserError as error:
-        raise KitError(f"{path}: not a valid CSV: {str(error).strip()}") from None
-    frame.columns = [str(c).replace("\ufeff", "").strip() for c in frame.columns]
-    if frame.empty:
+    names = _header(*header, path)
+    rows = []
+    for line, fields in records:
+        if len(fields) != len(names):
+            raise KitError(f"{path}: line {line} has {len(fields)} fields, the header has {len(names)}")
+        rows.append(fields)
+    if not rows:
         raise KitError(f"{path}: no rows under the header")
+    return pd.DataFrame(rows, columns=names, dtype=str), encoding
+
+
+def read_csv(path):
+    """read_csv_with_encoding's frame; the encoding is kept in frame.attrs["encoding"]."""
+    frame, encoding = read_csv_with_encoding(path)
+    frame.attrs["encoding"] = encoding
     return frame
 
 
@@ -79,20 +179,26 @@ def require_columns(frame, columns, path, what):
         raise KitError(f"{path}: missing column {missing[0]!r} ({what}); the file has {list(frame.columns)}")
 
 
+def id_key(text):
+    """What two ids are compared by: '12.0' and '12.00' (a float round trip) equal '12'.
+    Ids are still written as given; only comparisons go through the key."""
+    text = str(text).strip()
+    match = _FLOAT_ID.match(text)
+    return match.group(1) if match else text
+
+
 def clean_ids(frame, column, path):
-    """Ids as text; '12.0'-style ids (a float round trip) become '12'. Duplicates are an error."""
-    ids = frame[column].str.strip()
-    if (ids == "").any():
-        row = int((ids == "").to_numpy().argmax()) + 2
-        raise KitError(f"{path}: empty id in column {column!r} at row {row}")
-    if ids.str.match(_FLOAT_ID).all():
-        ids = ids.str.replace(r"\.0+$", "", regex=True)
-        log(f"{path}: ids in {column!r} looked like floats (e.g. '1.0'); read them as integers")
-    duplicated = ids[ids.duplicated()].unique().tolist()
-    if duplicated:
-        raise KitError(f"{path}: duplicate ids in {column!r}: {', '.join(duplicated[:5])}"
-                       + (" ..." if len(duplicated) > 5 else ""))
-    return ids.tolist()
+    """Ids as written (stripped). Empty ids and duplicates by id_key ('3' and '3.0') are errors."""
+    ids = frame[column].str.strip().tolist()
+    seen = {}
+    for row, value in enumerate(ids, start=2):
+        if not value:
+            raise KitError(f"{path}: empty id in column {column!r} at row {row}")
+        first = seen.setdefault(id_key(value), row)
+        if first != row:
+            raise KitError(f"{path}: duplicate ids in {column!r}: {ids[first - 2]} (row {first}) "
+                           f"and {value} (row {row})")
+    return ids
 
 
 def _same_number(value, label):
@@ -124,7 +230,7 @@ def render_inputs(frame, template, path):
     fields = template_fields(template)
     require_columns(frame, fields, path, "used by the input template")
     records = frame[fields].to_dict("records")
-    texts = [template.format_map(record) for record in records]
+    texts = [render_template(template, record) for record in records]
     empty = sum(all(not str(record[f]).strip() for f in fields) for record in records)
     return texts, empty
 
@@ -143,7 +249,15 @@ def load_rows(spec, split="train"):
     if split == "train":
         require_columns(frame, [spec.label_column], path, "the spec's [columns] label")
         labels = normalise_labels(frame[spec.label_column].tolist(), spec.labels, path, spec.label_column)
+        require_two_labels(labels, spec, path)
     return Rows(ids, texts, labels), frame
+
+
+def require_two_labels(labels, spec, path):
+    """A classifier cannot be fitted on one class (scikit-learn fails deep inside)."""
+    if len(set(labels)) < 2:
+        raise KitError(f"{path}: column {spec.label_column!r} has only one label "
+                       f"({spec.labels[labels[0]]!r}) in {len(labels)} rows; training needs at least two")
 
 
 def labelled_rows(spec, path):
@@ -155,6 +269,12 @@ def labelled_rows(spec, path):
     return ids, labels
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call write(tmp_path), then rename into place: readers never see a half-written file."""
     path = Path(path)
@@ -163,6 +283,7 @@ def atomic_write(path, write):
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600: a teammate must be able to read it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -3,59 +3,31 @@
 A run folder (runs/<name>/) holds everything needed to reproduce it: the spec as read, the
 arguments, the trained model, the training metrics, and (after `kit cv`) the OOF scores.
 """
-import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import submit
-from .data import atomic_write, load_rows, log, read_csv, write_json, write_text
+from .data import atomic_write, load_rows, read_csv, write_json
 from .errors import KitError
+from .logs import log
 from .metrics import decide
-from .models import TFIDF, Prediction, Task, load_model, make_model
+from .models import Prediction, Task, load_model, make_model
+from .runs import RUNS, fingerprint, open_run, trained_run
 
-RUNS = Path("runs")
 SUBMISSION = Path("submissions") / "submit.csv"
 PREDICT_CHUNK = int(os.environ.get("KIT_PREDICT_CHUNK", 256))   # rows per resumable unit of prediction
 
 
-def run_name(spec, model_args):
-    if model_args.model == TFIDF:
-        return f"{spec.name}-tfidf"
-    model = Path(model_args.model).name or "model"
-    return f"{spec.name}-{model}-{model_args.head}"
-
-
-def resolve_run(name=None, runs=RUNS):
-    """A run folder by name, or the latest trained one."""
-    if name is None:
-        latest = runs / "LATEST"
-        if not latest.exists():
-            raise KitError(f"no trained run in {runs}/: run `python -m kit train` first or pass --run")
-        name = latest.read_text().strip()
-    directory = Path(name) if Path(name).is_dir() else runs / name
-    if not (directory / "model").is_dir():
-        raise KitError(f"run {name!r}: no trained model in {directory}/model; run `python -m kit train`")
-    return directory
-
-
-def save_run_config(directory, spec, model_args, train_args, extra=None):
-    directory.mkdir(parents=True, exist_ok=True)
-    write_text(directory / "spec.toml", spec.path.read_text(encoding="utf-8"))
-    write_json(directory / "args.json", {"spec": str(spec.path), "model": asdict(model_args),
-                                         "train": asdict(train_args), **(extra or {})})
-
-
-def fit_timed(model, rows, encoded=None, checkpoint=None, resume=False):
+def fit_timed(model, rows, encoded=None, checkpoint=None, resume=False, checkpoint_key=None):
     """Fit and return the training figures every report shows."""
     start = time.time()
-    model.fit(rows, checkpoint=checkpoint, resume=resume, encoded=encoded)
+    model.fit(rows, checkpoint=checkpoint, resume=resume, encoded=encoded, checkpoint_key=checkpoint_key)
     seconds = time.time() - start
     losses = getattr(model, "loss_log", [])
     targs = getattr(model, "train_args", None)
@@ -67,42 +39,36 @@ def fit_timed(model, rows, encoded=None, checkpoint=None, resume=False):
     return stats
 
 
-def train_run(spec, model_args, train_args, name=None, resume=False, runs=RUNS):
-    """`kit train`: fit on the whole train split and save runs/<name>/."""
+def train_run(spec, model_args, train_args, name=None, resume=False, overwrite=False,
+              trust_remote_code=False, runs=RUNS):
+    """`kit train`: fit on the whole train split and save the run's model."""
     rows, _ = load_rows(spec, "train")
-    directory = runs / (name or run_name(spec, model_args))
-    save_run_config(directory, spec, model_args, train_args)
-    model = make_model(Task.from_spec(spec), model_args, train_args)
-    log(f"train: {len(rows)} rows, model {model_args.model}, head {model_args.head}, run {directory}")
-    checkpoint = directory / "checkpoint.pt"
-    stats = fit_timed(model, rows, checkpoint=checkpoint, resume=resume)
-    staging = directory / "model.tmp"
+    run = open_run(spec, model_args, train_args, name, overwrite, runs)
+    run.clear_predict_progress()
+    model = make_model(Task.from_spec(spec), model_args, train_args, trust_remote_code)
+    log(f"train: {len(rows)} rows, model {model_args.model}, head {model_args.head}, run {run.directory}")
+    stats = fit_timed(model, rows, checkpoint=run.checkpoint, resume=resume, checkpoint_key=run.key)
+    staging = run.directory / "model.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     model.save(staging)
-    shutil.rmtree(directory / "model", ignore_errors=True)
-    staging.rename(directory / "model")
-    write_json(directory / "train_metrics.json", {**stats, "loss_log": getattr(model, "loss_log", [])})
-    checkpoint.unlink(missing_ok=True)
-    write_text(runs / "LATEST", directory.name + "\n")
+    shutil.rmtree(run.model_dir, ignore_errors=True)
+    staging.rename(run.model_dir)
+    write_json(run.train_metrics, {**stats, "model_id": model.model_id, "loss_log": getattr(model, "loss_log", [])})
+    run.checkpoint.unlink(missing_ok=True)
     log(f"train: done in {stats['train_seconds']} s ({stats['train_rows_per_s']} rows/s), "
-        f"final loss {stats['final_loss']}; saved {directory}/model")
-    return directory, stats
-
-
-def _fingerprint(*parts):
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+        f"final loss {stats['final_loss']}; saved {run.model_dir}")
+    return run.directory, stats
 
 
 def predict_resumable(model, rows, mode, progress_file=None, chunk=None):
     """Predict in chunks, saving each finished chunk, so a killed run resumes where it stopped."""
     chunk = chunk or PREDICT_CHUNK
-    key = _fingerprint(rows.ids, rows.texts, mode)
-    done = {}
-    if progress_file and Path(progress_file).exists():
-        saved = json.loads(Path(progress_file).read_text())
-        done = saved["chunks"] if saved.get("key") == key else {}
-        if done:
-            log(f"predict: resuming, {len(done)} finished chunk(s) of {chunk} rows reused")
+    # the model's id (new at every fit), the rows, the mode and the chunking: progress made
+    # under anything else is never reused
+    key = fingerprint(model.model_id, rows.ids, rows.texts, mode, chunk)
+    done = _read_progress(progress_file, key)
+    if done:
+        log(f"predict: resuming, {len(done)} finished chunk(s) of {chunk} rows reused")
     for start in range(0, len(rows), chunk):
         if str(start) in done:
             continue
@@ -113,6 +79,19 @@ def predict_resumable(model, rows, mode, progress_file=None, chunk=None):
         if progress_file:
             write_json(progress_file, {"key": key, "chunks": done})
     return _join_chunks([done[str(s)] for s in range(0, len(rows), chunk)])
+
+
+def _read_progress(progress_file, key):
+    if not progress_file or not Path(progress_file).exists():
+        return {}
+    try:
+        saved = json.loads(Path(progress_file).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        saved = {}
+    if saved.get("key") != key:
+        log(f"predict: {progress_file} was made by another model or settings; predicting from the start")
+        return {}
+    return saved["chunks"]
 
 
 def _join_chunks(parts):
@@ -140,18 +119,21 @@ def predictions_frame(spec, ids, prediction, labels):
     return frame
 
 
-def resolve_threshold(spec, threshold, directory):
+def resolve_threshold(spec, threshold, run):
     """None / a number / 'oof' (the threshold kit cv tuned on out-of-fold rows of this run)."""
     if threshold in (None, ""):
         return None
     if len(spec.labels) != 2:
         raise KitError("--threshold applies to binary tasks only")
     if str(threshold) == "oof":
-        scores = directory / "cv_scores.json"
-        if not scores.exists():
-            raise KitError(f"--threshold oof: {scores} not found; run `python -m kit cv` with the same "
-                           "arguments (and --name) as the training run first")
-        return float(json.loads(scores.read_text())["tuned_threshold"])
+        if not run.cv_scores.exists():
+            raise KitError(f"--threshold oof: {run.cv_scores} not found; run `python -m kit cv` with the same "
+                           "settings as the training run first (it writes into the same run folder)")
+        scores = json.loads(run.cv_scores.read_text())
+        if scores.get("run_key") != run.key or "tuned_threshold" not in scores:
+            raise KitError(f"--threshold oof: {run.cv_scores} was not made by this run's settings; "
+                           "run `python -m kit cv` again with them")
+        return float(scores["tuned_threshold"])
     try:
         value = float(threshold)
     except ValueError:
@@ -161,38 +143,33 @@ def resolve_threshold(spec, threshold, directory):
     return value
 
 
-def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS):
+def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS,
+                  allow_spec_change=False, trust_remote_code=False):
     """`kit predict`: predictions for a split, then a validated submission written atomically."""
     rows, frame = load_rows(spec, split)       # input errors first: they need no trained run
-    directory = resolve_run(run, runs)
-    cut = resolve_threshold(spec, threshold, directory)
-    model = load_model(directory / "model")
-    trained = [spec.label_words[label] for label in spec.labels]
-    if model.task.words != trained:
-        raise KitError(f"run {directory} was trained for labels {model.task.words}, the spec {spec.path} "
-                       f"has {trained}; pass --run with a run of this competition")
+    submit.check_destination(out)             # and a submission that could not be written
+    run = trained_run(spec, run, allow_spec_change, runs)
+    cut = resolve_threshold(spec, threshold, run)
+    model = load_model(run.model_dir, trust_remote_code)
+    log(f"predict: {split} ({len(rows)} rows) with run {run.directory}")
     start = time.time()
-    progress = directory / f".predict-{split}-{mode}.progress.json"
-    prediction = predict_resumable(model, rows, mode, progress)
+    prediction = predict_resumable(model, rows, mode, run.predict_progress(split, mode))
     seconds = time.time() - start
-    labels = decide(prediction.probs, prediction.parsed, cut if cut is not None else 0.5,
-                    positive=1)
+    labels = decide(prediction.probs, prediction.parsed, cut if cut is not None else 0.5, positive=1)
     table = predictions_frame(spec, rows.ids, prediction, labels)
     submission = submit.build(spec, frame, rows.ids, [spec.labels[i] for i in labels], spec.split_path(split))
     submit.validate(spec, submission, rows.ids, split, where=f"submission for {split}")
-    pred_path = directory / f"predictions-{split}.csv"
-    atomic_write(pred_path, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(run.predictions(split), lambda tmp: table.to_csv(tmp, index=False))
     submit.write(submission, out)
-    if (directory / "cv_scores.json").exists():
-        write_text(Path(out).parent / "cv_scores.json", (directory / "cv_scores.json").read_text())
-    progress.unlink(missing_ok=True)
-    stats = {"split": split, "rows": len(rows), "mode": mode, "seconds": round(seconds, 1),
-             "rows_per_s": round(len(rows) / seconds, 2) if seconds else None,
-             "threshold": cut if cut is not None else 0.5,
+    submit.write_scores_beside(out, run.cv_scores if run.cv_scores.exists() else None)
+    run.predict_progress(split, mode).unlink(missing_ok=True)
+    stats = {"split": split, "run": str(run.directory), "rows": len(rows), "mode": mode,
+             "seconds": round(seconds, 1), "rows_per_s": round(len(rows) / seconds, 2) if seconds else None,
+             "threshold": cut if cut is not None else 0.5, "model_id": model.model_id,
              "decided": {k: int(v) for k, v in pd.Series(prediction.decided).value_counts().items()},
              **prediction.stats}
-    write_json(directory / f"predict-{split}.json", stats)
-    return out, pred_path, stats
+    write_json(run.predict_stats(split), stats)
+    return out, run.predictions(split), stats
 
 
 def score_file(spec, pred_path, truth_path):

@@ -1,4 +1,12 @@
-"""One declarative TOML file per competition: everything competition-specific lives there."""
+"""One declarative TOML file per competition: everything competition-specific lives there.
+
+load_spec is strict: an unknown key, a wrong type or an unsafe name is a one-line KitError naming
+the file and the key, so a typo never silently falls back to a default."""
+import difflib
+import functools
+import hashlib
+import json
+import re
 import string
 import tomllib
 from dataclasses import dataclass, field
@@ -8,6 +16,15 @@ from .errors import KitError
 
 METRICS = ("f1", "macro_f1", "accuracy", "auc")
 DEFAULT_SPEC = "data/competition.toml"
+
+TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission")
+COLUMN_KEYS = ("id", "label", "input")
+TASK_KEYS = ("instruction", "labels", "label_words", "metric", "max_length")
+SUBMISSION_KEYS = ("columns", "id_column", "label_column", "sample", "sample_split", "fill")
+MAX_LENGTH_RANGE = (16, 131072)
+# The spec name names folders under runs/ and split names name files in a run folder: no
+# separators, no leading dot, nothing that could climb out of the folder.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass
@@ -39,7 +56,8 @@ class Spec:
         return self.labels[1] if len(self.labels) == 2 else None
 
     def template_columns(self, template=None):
-        return template_fields(template or self.input_template)
+        # `is None`, not `or`: an empty fill template "" is a constant, not the input template
+        return template_fields(self.input_template if template is None else template)
 
     def split_path(self, split):
         if split == "train":
@@ -48,28 +66,228 @@ class Spec:
             raise KitError(f"{self.path}: unknown split {split!r}; [splits] has {sorted(self.splits) or 'none'}")
         return self.splits[split]
 
+    def describe(self):
+        """What changes what a model learns or how it reads inputs, as plain JSON-able data.
 
-def template_fields(template):
-    """The column names a template like "title:{title}" refers to."""
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        Splits, answers and submission settings are left out on purpose: adding a testB split
+        must not invalidate a trained model. Computed from the fields (not cached at load time)
+        so that dataclasses.replace(spec, instruction=...) in a sweep gets its own fingerprint."""
+        return {
+            "instruction": str(self.instruction),
+            "labels": [str(label) for label in self.labels],
+            "label_words": {str(k): str(v) for k, v in self.label_words.items()},
+            "metric": str(self.metric),
+            "max_length": int(self.max_length),
+            "input_template": str(self.input_template),
+            "id_column": str(self.id_column),
+            "label_column": str(self.label_column),
+        }
+
+    def fingerprint(self):
+        """16 hex chars of sha256 over describe()."""
+        text = json.dumps(self.describe(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# -- templates ----------------------------------------------------------------------------------
+# A template is "title:{title},abstract:{abstract}": {name} is a column name taken literally
+# (spaces, hyphens and dots allowed), {{ and }} are literal braces. We parse with
+# string.Formatter().parse but never call format/format_map: those would read {a.b} as an
+# attribute, {a[0]} as an index and {a:d} as a format spec.
+
+@functools.lru_cache(maxsize=256)
+def _parse(template, where=""):
+    """The template as a tuple of (literal text, column name or None); KitError if malformed."""
+    at = f"{where}: " if where else ""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise KitError(f"{at}template {template!r} is malformed ({error}); "
+                       "write {{ and }} for literal braces") from None
+    pieces = []
+    for literal, name, spec, conversion in parts:
+        if name is not None and not name.strip():
+            raise KitError(f"{at}template {template!r} has an empty field {{}}; name a column like {{text}}")
+        if conversion:
+            raise KitError(f"{at}template {template!r}: {{{name}!{conversion}}} has a conversion; "
+                           f"write {{{name}}}")
+        if spec:
+            raise KitError(f"{at}template {template!r}: {{{name}:{spec}}} has a format spec; "
+                           f"write {{{name}}} (a column name may not contain ':' or '!')")
+        pieces.append((literal, name))
+    return tuple(pieces)
+
+
+def template_fields(template, where=""):
+    """The column names a template refers to, in order, each once; KitError if malformed.
+
+    where (e.g. "competition.toml [columns] input") starts the error message."""
+    names = [name for _, name in _parse(template, where) if name is not None]
+    return list(dict.fromkeys(names))
+
+
+def render_template(template, record):
+    """The template with each {name} replaced by str(record[name]); values are not re-expanded."""
+    out = []
+    for literal, name in _parse(template):
+        out.append(literal)
+        if name is not None:
+            if name not in record:
+                raise KitError(f"template {template!r}: no column {name!r} in the row")
+            out.append(str(record[name]))
+    return "".join(out)
+
+
+# -- checks -------------------------------------------------------------------------------------
+def _check_keys(table, known, where, noun="key"):
+    """Unknown keys are errors, with the closest known one as a hint (typos never fall back)."""
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = (f"did you mean {close[0]!r}?" if close
+                    else f"known {noun}s: {', '.join(known) or 'none'}")
+            raise KitError(f"{where}: unknown {noun} {key!r}; {hint}")
+
+
+def _table(parent, key, where):
+    value = parent.get(key, {})
+    if not isinstance(value, dict):
+        raise KitError(f"{where} {key}: must be a table, got {value!r}")
+    return value
 
 
 def _need(table, key, where, kind=str):
     if key not in table:
         raise KitError(f"{where}: missing key {key!r}")
+    return _typed(table, key, where, kind)
+
+
+def _typed(table, key, where, kind=str, default=None):
+    """table[key] if present (a non-empty string, or a `kind`), else default."""
+    if key not in table:
+        return default
     value = table[key]
-    if not isinstance(value, kind) or (kind is str and not value.strip()):
-        raise KitError(f"{where}: {key!r} must be a non-empty {kind.__name__}, got {value!r}")
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is str and not value.strip()):
+        noun = {str: "string", list: "list", int: "integer"}.get(kind, kind.__name__)
+        raise KitError(f"{where} {key}: must be a non-empty {noun}, got {value!r}")
     return value
 
 
-def _check_template(template, where):
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template)]
-    except ValueError as error:
-        raise KitError(f"{where}: bad template {template!r}: {error}") from None
-    if any(name == "" or (name and not name.isidentifier()) for name in fields):
-        raise KitError(f"{where}: template {template!r} needs named columns like {{title}}")
+def _file_table(table, where, what):
+    """[splits] / [answers]: name -> file name string."""
+    for name, file in table.items():
+        if not isinstance(file, str) or not file.strip():
+            raise KitError(f"{where} {name}: must be a file name string like \"{what}.csv\", got {file!r}")
+    return table
+
+
+def _labels(task, where):
+    raw = _need(task, "labels", where, list)
+    labels = []
+    for label in raw:
+        # TOML 1.0 is a float, and would come back as the label "1.0" that no CSV row matches
+        if isinstance(label, float):
+            raise KitError(f"{where} labels: {label!r} is a float; write labels as they appear in the CSV, "
+                           f"e.g. \"{label:g}\" or {label:g}")
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
+            raise KitError(f"{where} labels: {label!r} must be a non-empty string or an integer")
+        labels.append(str(label))
+    if len(labels) < 2:
+        raise KitError(f"{where} labels: need at least two labels, got {labels}")
+    if len(set(labels)) != len(labels):
+        raise KitError(f"{where} labels: duplicates in {labels}")
+    return labels
+
+
+def _label_words(task, labels, where):
+    words = _table(task, "label_words", where)
+    unknown = [key for key in words if key not in labels]
+    if unknown:
+        raise KitError(f"{where} label_words: {unknown} not in labels {labels}")
+    for label, word in words.items():
+        if not isinstance(word, str) or not word.strip():
+            raise KitError(f"{where} label_words {label}: must be a non-empty string, got {word!r}")
+    words = {label: words.get(label, label) for label in labels}
+    # two labels answered by the same word could never be told apart when parsing the answer
+    seen = {}
+    for label, word in words.items():
+        if word in seen:
+            raise KitError(f"{where} label_words: labels {seen[word]!r} and {label!r} both answer {word!r}")
+        seen[word] = label
+    return words
+
+
+def _metric(task, labels, where):
+    metric = task.get("metric", "f1" if len(labels) == 2 else "macro_f1")
+    if metric not in METRICS:
+        raise KitError(f"{where} metric: {metric!r} is not one of {', '.join(METRICS)}")
+    if metric in ("f1", "auc") and len(labels) != 2:
+        raise KitError(f"{where} metric: {metric!r} needs two labels; use macro_f1 for {len(labels)}")
+    return metric
+
+
+def _max_length(task, where):
+    value = task.get("max_length", 256)
+    low, high = MAX_LENGTH_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise KitError(f"{where} max_length: must be an integer between {low} and {high}, got {value!r}")
+    return value
+
+
+def _input_template(columns, where):
+    template = _need(columns, "input", where)
+    if not template_fields(template, f"{where} input"):
+        # "{{text}}" is the literal text {text}: suggest the single-brace form
+        doubled = re.search(r"\{\{([^{}]+)\}\}", template)
+        fix = f"write {{{doubled.group(1)}}}" if doubled else "name a column like {text}"
+        raise KitError(f"{where} input: template {template!r} names no column; {fix}")
+    return template
+
+
+def _safe_name(name, message):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise KitError(message)
+    return name
+
+
+def _submission(submission, id_column, label_column, splits, base, where):
+    """(columns, id column, label column, fill, sample path, sample split) of [submission]."""
+    columns = submission.get("columns", [id_column, label_column])
+    if not isinstance(columns, list) or not columns:
+        raise KitError(f"{where} columns: must be a non-empty list of column names, got {columns!r}")
+    for column in columns:
+        if not isinstance(column, str) or not column.strip():
+            raise KitError(f"{where} columns: {column!r} must be a non-empty string")
+    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicates:
+        raise KitError(f"{where} columns: duplicates {duplicates}")
+    sub_id = _typed(submission, "id_column", where, default=id_column)
+    sub_label = _typed(submission, "label_column", where, default=label_column)
+    for column, role in ((sub_id, "id_column"), (sub_label, "label_column")):
+        if column not in columns:
+            raise KitError(f"{where} {role} {column!r} is not in columns {columns}")
+    if sub_id == sub_label:
+        raise KitError(f"{where}: id_column and label_column are both {sub_id!r}")
+    fill = _table(submission, "fill", where)
+    fill_where = f"{where.removesuffix(']')}.fill]"
+    _check_keys(fill, [c for c in columns if c not in (sub_id, sub_label)], fill_where, noun="column")
+    for column, template in fill.items():
+        if not isinstance(template, str):
+            raise KitError(f"{fill_where} {column}: must be a string (a constant or a template like "
+                           f"\"{{title}}\"), got {template!r}")
+        template_fields(template, f"{fill_where} {column}")   # constants are fine here
+    for column in columns:
+        if column not in (sub_id, sub_label) and column not in fill:
+            raise KitError(f"{where} column {column!r}: nothing fills it; "
+                           f"add it to [submission.fill] (a constant or a template like \"{{title}}\")")
+    sample = submission.get("sample", "")
+    if not isinstance(sample, str):
+        raise KitError(f"{where} sample: must be a file name string, got {sample!r}")
+    sample_split = _typed(submission, "sample_split", where, default="test")
+    if sample and sample_split not in splits:
+        raise KitError(f"{where} sample_split: {sample_split!r} is not a split; [splits] has "
+                       f"{sorted(splits) or 'none'} (set sample_split to the split the sample lists)")
+    return columns, sub_id, sub_label, dict(fill), base / sample if sample else None, sample_split
 
 
 def load_spec(path=DEFAULT_SPEC):
@@ -81,59 +299,51 @@ def load_spec(path=DEFAULT_SPEC):
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise KitError(f"{path}: not valid TOML: {error}") from None
     base = path.parent
-    columns = raw.get("columns", {})
-    task = raw.get("task", {})
-    submission = raw.get("submission", {})
-    labels = [str(label) for label in _need(task, "labels", f"{path} [task]", list)]
-    if len(labels) < 2:
-        raise KitError(f"{path} [task] labels: need at least two labels, got {labels}")
-    if len(set(labels)) != len(labels):
-        raise KitError(f"{path} [task] labels: duplicates in {labels}")
-    words = {str(k): str(v) for k, v in task.get("label_words", {}).items()}
-    unknown = set(words) - set(labels)
-    if unknown:
-        raise KitError(f"{path} [task] label_words: {sorted(unknown)} not in labels {labels}")
-    words = {label: words.get(label, label) for label in labels}
-    metric = task.get("metric", "f1" if len(labels) == 2 else "macro_f1")
-    if metric not in METRICS:
-        raise KitError(f"{path} [task] metric: {metric!r} is not one of {', '.join(METRICS)}")
-    if metric in ("f1", "auc") and len(labels) != 2:
-        raise KitError(f"{path} [task] metric: {metric!r} needs two labels; use macro_f1 for {len(labels)}")
-    id_column = _need(columns, "id", f"{path} [columns]")
-    label_column = _need(columns, "label", f"{path} [columns]")
-    template = _need(columns, "input", f"{path} [columns]")
-    _check_template(template, f"{path} [columns] input")
-    sub_columns = submission.get("columns", [id_column, label_column])
-    if not isinstance(sub_columns, list) or not sub_columns:
-        raise KitError(f"{path} [submission] columns: must be a non-empty list of column names")
-    sub_id = submission.get("id_column", id_column)
-    sub_label = submission.get("label_column", label_column)
-    fill = {str(k): str(v) for k, v in submission.get("fill", {}).items()}
-    for column, value in fill.items():
-        _check_template(value, f"{path} [submission.fill] {column}")
-    for column in sub_columns:
-        if column not in (sub_id, sub_label) and column not in fill:
-            raise KitError(f"{path} [submission] column {column!r}: nothing fills it; "
-                           f"add it to [submission.fill] (a constant or a template like \"{{title}}\")")
-    for column, role in ((sub_id, "id_column"), (sub_label, "label_column")):
-        if column not in sub_columns:
-            raise KitError(f"{path} [submission] {role} {column!r} is not in columns {sub_columns}")
-    splits = raw.get("splits", {})
-    if not isinstance(splits, dict):
-        raise KitError(f"{path} [splits]: must be a table of name = \"file.csv\"")
+    _check_keys(raw, TOP_KEYS, f"{path}")
+    columns, task, submission = (_table(raw, key, f"{path}") for key in ("columns", "task", "submission"))
+    splits, answers = (_table(raw, key, f"{path}") for key in ("splits", "answers"))
+    _check_keys(columns, COLUMN_KEYS, f"{path} [columns]")
+    _check_keys(task, TASK_KEYS, f"{path} [task]")
+    _check_keys(submission, SUBMISSION_KEYS, f"{path} [submission]")
+
+    name = raw.get("name", path.stem)
+    origin = "" if "name" in raw else " (from the file name; set name = ...)"
+    _safe_name(name, f"{path}: name {name!r}{origin} must be letters, digits, '.', '_' or '-' "
+                     f"(it names folders under runs/)")
+    train = _need(raw, "train", f"{path}")
+    _file_table(splits, f"{path} [splits]", "test")
+    if "train" in splits:
+        raise KitError(f"{path} [splits] train: the name 'train' is reserved for the top-level train file; "
+                       f"call the split something else")
+    for split in splits:
+        _safe_name(split, f"{path} [splits]: split name {split!r} must be letters, digits, '.', '_' or '-' "
+                          f"(it names files in the run folder)")
+    _file_table(answers, f"{path} [answers]", "test_labels")
+    _check_keys(answers, list(splits), f"{path} [answers]", noun="split")
+
+    where = f"{path} [task]"
+    labels = _labels(task, where)
+    words = _label_words(task, labels, where)
+    metric = _metric(task, labels, where)
+    max_length = _max_length(task, where)
+    instruction = task.get("instruction", "")
+    if not isinstance(instruction, str):
+        raise KitError(f"{where} instruction: must be a string, got {instruction!r}")
+    instruction = instruction.strip() or f"Classify the text. Answer with one of: {', '.join(words.values())}."
+
+    where = f"{path} [columns]"
+    id_column = _need(columns, "id", where)
+    label_column = _need(columns, "label", where)
+    template = _input_template(columns, where)
+    sub_columns, sub_id, sub_label, fill, sample, sample_split = _submission(
+        submission, id_column, label_column, splits, base, f"{path} [submission]")
     return Spec(
-        path=path, name=str(raw.get("name", path.stem)),
-        train=base / _need(raw, "train", str(path)),
-        splits={str(name): base / str(file) for name, file in splits.items()},
+        path=path, name=name, train=base / train,
+        splits={name: base / file for name, file in splits.items()},
         id_column=id_column, label_column=label_column, input_template=template,
-        instruction=str(task.get("instruction", "")).strip()
-        or f"Classify the text. Answer with one of: {', '.join(words.values())}.",
-        labels=labels, label_words=words, metric=metric,
-        max_length=int(task.get("max_length", 256)),
-        submission_columns=[str(c) for c in sub_columns], submission_label=sub_label,
-        submission_id=sub_id, fill=fill,
-        sample=base / submission["sample"] if submission.get("sample") else None,
-        sample_split=str(submission.get("sample_split", "test")),
-        answers={str(name): base / str(file) for name, file in raw.get("answers", {}).items()},
+        instruction=instruction, labels=labels, label_words=words, metric=metric,
+        max_length=max_length, submission_columns=sub_columns, submission_label=sub_label,
+        submission_id=sub_id, fill=fill, sample=sample, sample_split=sample_split,
+        answers={split: base / file for split, file in answers.items()},
         raw=raw,
     )

@@ -2,8 +2,9 @@
 split id in the split's order, labels in their CSV form, nothing half-written."""
 import pandas as pd
 
-from .data import atomic_write, clean_ids, read_csv, require_columns
+from .data import atomic_write, clean_ids, id_key, read_csv, require_columns
 from .errors import KitError
+from .spec import render_template
 
 
 def build(spec, frame, ids, labels, where="the split CSV"):
@@ -11,16 +12,43 @@ def build(spec, frame, ids, labels, where="the split CSV"):
     columns = {}
     for column in spec.submission_columns:
         if column == spec.submission_id:
-            columns[column] = ids
+            columns[column] = sample_forms(spec, ids)
         elif column == spec.submission_label:
             columns[column] = labels
         else:
             template = spec.fill[column]
             fields = spec.template_columns(template)
             require_columns(frame, fields, where, f"used by [submission.fill] {column}")
-            columns[column] = [template.format_map(r) for r in frame[fields].to_dict("records")] \
+            columns[column] = [render_template(template, r) for r in frame[fields].to_dict("records")] \
                 if fields else [template] * len(ids)
     return pd.DataFrame(columns, columns=spec.submission_columns)
+
+
+def sample_forms(spec, ids):
+    """ids written as the sample submission writes them ('1.0' or '1') when the sample lists
+    exactly this split's ids; otherwise as the split writes them."""
+    if spec.sample is None:
+        return list(ids)
+    sample = read_csv(spec.sample)
+    require_columns(sample, [spec.submission_id], spec.sample, "the submission id column")
+    forms = {id_key(i): i for i in clean_ids(sample, spec.submission_id, spec.sample)}
+    keys = [id_key(i) for i in ids]
+    return [forms[k] for k in keys] if set(keys) == set(forms) else list(ids)
+
+
+def _compare_ids(ids, expected, where, lacks=("missing", "unknown")):
+    """Raise unless ids equal the split's ids by id_key, in the same order."""
+    keys, wanted = [id_key(i) for i in ids], [id_key(i) for i in expected]
+    if keys == wanted:
+        return
+    missing = [i for i, k in zip(expected, wanted) if k not in set(keys)][:3]
+    extra = [i for i, k in zip(ids, keys) if k not in set(wanted)][:3]
+    if missing or extra:
+        raise KitError(f"{where}: ids differ from the split's" + (f"; {lacks[0]} {missing}" if missing else "")
+                       + (f"; {lacks[1]} {extra}" if extra else ""))
+    row = next(n for n, (a, b) in enumerate(zip(keys, wanted)) if a != b)
+    raise KitError(f"{where}: ids differ from the split's: same ids, other order "
+                   f"(row {row + 2} is {ids[row]!r}, the split's row {row + 2} is {expected[row]!r})")
 
 
 def validate(spec, submission, split_ids, split, where="submission"):
@@ -29,12 +57,7 @@ def validate(spec, submission, split_ids, split, where="submission"):
         raise KitError(f"{where}: columns {list(submission.columns)} != spec {spec.submission_columns}")
     if len(submission) != len(split_ids):
         raise KitError(f"{where}: {len(submission)} rows, the split has {len(split_ids)}")
-    ids = submission[spec.submission_id].astype(str).tolist()
-    if ids != list(split_ids):
-        missing = sorted(set(split_ids) - set(ids))[:3]
-        extra = sorted(set(ids) - set(split_ids))[:3]
-        raise KitError(f"{where}: ids differ from the split's" + (f"; missing {missing}" if missing else "")
-                       + (f"; unknown {extra}" if extra else "") + ("; same ids, other order" if not (missing or extra) else ""))
+    _compare_ids(submission[spec.submission_id].astype(str).tolist(), list(split_ids), where)
     if submission.isna().any().any():
         column = submission.columns[submission.isna().any()].tolist()[0]
         raise KitError(f"{where}: empty values in column {column!r}")
@@ -54,13 +77,36 @@ def check_sample(spec, split_ids):
                        f"[submission] columns {spec.submission_columns}")
     require_columns(sample, [spec.submission_id], spec.sample, "the submission id column")
     sample_ids = clean_ids(sample, spec.submission_id, spec.sample)
-    if set(sample_ids) != set(split_ids):
-        missing = sorted(set(sample_ids) - set(split_ids))[:3]
-        extra = sorted(set(split_ids) - set(sample_ids))[:3]
-        raise KitError(f"{spec.sample}: ids differ from the split's"
-                       + (f"; the split lacks {missing}" if missing else "")
-                       + (f"; the sample lacks {extra}" if extra else ""))
+    _compare_ids(sample_ids, list(split_ids), spec.sample, lacks=("the sample lacks", "the split lacks"))
 
 
 def write(submission, path):
     atomic_write(path, lambda tmp: submission.to_csv(tmp, index=False, encoding="utf-8"))
+
+
+def check_destination(path):
+    """Fail before any prediction work when the submission could not be written there."""
+    import os
+    from pathlib import Path
+    text, path = str(path), Path(path)
+    if text.endswith(os.sep) or path.is_dir():
+        raise KitError(f"--out {text}: is a directory; give a file name such as {path / 'submit.csv'}")
+    parent = path.parent
+    while not parent.exists():           # the nearest folder that exists must allow creating the rest
+        parent = parent.parent
+    if not parent.is_dir():
+        raise KitError(f"--out {text}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path.parent, os.W_OK)):
+        raise KitError(f"--out {text}: cannot write in {parent} (permission denied)")
+
+
+def write_scores_beside(out, cv_scores):
+    """The CV scores of the run that made the submission go beside it; with none, an older run's
+    scores must not stay there looking as if they belonged to this submission."""
+    from pathlib import Path
+    from .data import write_text
+    beside = Path(out).parent / "cv_scores.json"
+    if cv_scores is not None:
+        write_text(beside, Path(cv_scores).read_text())
+    else:
+        beside.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .errors import KitError
+from .logs import log
 
 
 @dataclass
@@ -144,23 +144,37 @@ class FrozenBottom:
             setattr(self.backbone, self.attribute, self.blocks)
 
 
-def generative_loss(model, inputs, answers):
-    """Cross-entropy on the answer tokens only. The rows end with their answers (left padding):
-    only the positions that predict answer tokens go through the (large) output layer."""
-    hidden = backbone_of(model)(**inputs).last_hidden_state
-    width = hidden.shape[1]
-    rows, positions, labels = [], [], []
-    for row, answer in enumerate(answers):
-        rows += [row] * len(answer)
-        positions += list(range(width - len(answer) - 1, width - 1))
-        labels += answer
-    logits = model.get_output_embeddings()(hidden[rows, positions])
-    return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device))
+class AnswerLoss(torch.nn.Module):
+    """Generative head: cross-entropy on the answer tokens only. The rows end with their answers
+    (left padding): only the positions that predict answer tokens go through the (large) output
+    layer. The loss is this module's forward, so a DistributedDataParallel wrapper sees it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, answers):
+        hidden = backbone_of(self.model)(**inputs).last_hidden_state
+        width = hidden.shape[1]
+        rows, positions, labels = [], [], []
+        for row, answer in enumerate(answers):
+            rows += [row] * len(answer)
+            positions += list(range(width - len(answer) - 1, width - 1))
+            labels += answer
+        logits = self.model.get_output_embeddings()(hidden[rows, positions])
+        return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device))
 
 
-def classify_loss(model, inputs, labels, weights=None):
-    logits = model(**inputs).logits
-    return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device), weight=weights)
+class ClassifyLoss(torch.nn.Module):
+    """Classification head: cross-entropy on the head's logits (optionally class-weighted)."""
+
+    def __init__(self, model, weights=None):
+        super().__init__()
+        self.model, self.weights = model, weights
+
+    def forward(self, inputs, labels):
+        logits = self.model(**inputs).logits
+        return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device), weight=self.weights)
 
 
 def trainable_parameters(model):
@@ -169,26 +183,46 @@ def trainable_parameters(model):
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path, trainable, optimizer, scheduler, step, loss_log):
-    state = {"trainable": {name: p.detach().clone() for name, p in trainable.items()}, "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "step": step, "loss_log": loss_log,
-             "rng": torch.get_rng_state()}
+def _rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, key, trainable, optimizer, scheduler, step, loss_log):
+    """Plain tensors, numbers and strings only, so loading needs no pickle (weights_only)."""
+    state = {"key": key, "trainable": {name: p.detach().clone() for name, p in trainable.items()},
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+             "loss_log": loss_log, "rng": _rng_state()}
     tmp = f"{path}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)   # a kill during the save leaves the previous checkpoint whole
 
 
-def load_checkpoint(path, trainable, optimizer, scheduler):
-    state = torch.load(path, weights_only=False)
-    if set(state["trainable"]) != set(trainable):
-        raise KitError(f"{path}: the checkpoint does not match this model's trainable weights; "
-                       "train again without --resume")
+def load_checkpoint(path, key, trainable, optimizer, scheduler):
+    """Restore a checkpoint made by this exact configuration; anything else starts fresh."""
+    try:
+        state = torch.load(path, weights_only=True)    # never unpickles code
+    except Exception as error:   # a corrupt, foreign or crafted file: never trusted
+        log(f"{path}: not a usable checkpoint ({type(error).__name__}); training from the start")
+        return 0, []
+    if state.get("key") != key or set(state.get("trainable", {})) != set(trainable):
+        log(f"{path}: made with other settings; training from the start")
+        return 0, []
     with torch.no_grad():
         for name, value in state["trainable"].items():
             trainable[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
+    _set_rng_state(state["rng"])
+    log(f"{path}: resuming at step {state['step']}")
     return state["step"], state["loss_log"]
 
 
@@ -198,21 +232,24 @@ def total_steps(n_rows, args):
     return max(1, math.ceil(args.epochs * math.ceil(n_rows / args.batch_size) / args.grad_accum))
 
 
-def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=False, desc="train",
-        left_pad=True, frozen_bottom=True):
-    """Train model's trainable parameters on token sequences; returns the per-step loss log.
-    loss_fn(model, inputs, targets_of_batch) -> scalar loss."""
+def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc="train",
+        left_pad=True, frozen_bottom=True, checkpoint_key=None):
+    """Train the trainable parameters of module.model on token sequences; returns the per-step
+    loss log. module(inputs, targets_of_batch) -> scalar loss (AnswerLoss, ClassifyLoss).
+    A checkpoint is resumed only when it carries checkpoint_key (the run's configuration)."""
+    from transformers import get_linear_schedule_with_warmup
+    model = module.model
     torch.manual_seed(args.seed)
-    trainable = trainable_parameters(model)
+    trainable = trainable_parameters(module)
     params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps = total_steps(len(ids), args)
-    warm = max(1, int(args.warmup * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm + 1)))
+    # linear warm-up from 0, then linear decay to 0 (the library's schedule, as documented)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(round(args.warmup * steps)), steps)
     step, loss_log = 0, []
+    key = checkpoint_key or "unkeyed"
     if resume and checkpoint and os.path.exists(checkpoint):
-        step, loss_log = load_checkpoint(checkpoint, trainable, optimizer, scheduler)
+        step, loss_log = load_checkpoint(checkpoint, key, trainable, optimizer, scheduler)
     bottom = FrozenBottom(model, ids) if frozen_bottom and left_pad and step < steps else None
     if bottom is not None and bottom.split:
         make_inputs = lambda rows: bottom.inputs(rows, model.device)   # noqa: E731
@@ -222,7 +259,7 @@ def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=Fals
     schedule = {}                            # epoch -> its batches, built once per epoch
     per_epoch = len(length_grouped_batches(lengths, args.batch_size, args.seed, 0))
     micro = step * args.grad_accum           # micro-batches already consumed
-    model.train()
+    module.train()
     bar = tqdm(total=steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
     with bottom if bottom is not None else contextlib.nullcontext():
         while step < steps:
@@ -232,7 +269,7 @@ def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=Fals
                 if epoch not in schedule:
                     schedule = {epoch: length_grouped_batches(lengths, args.batch_size, args.seed, epoch)}
                 rows = schedule[epoch][index]
-                loss = loss_fn(model, make_inputs(rows), [targets[i] for i in rows]) / args.grad_accum
+                loss = module(make_inputs(rows), [targets[i] for i in rows]) / args.grad_accum
                 loss.backward()
                 running += loss.item()
                 micro += 1
@@ -245,7 +282,7 @@ def fit(model, ids, targets, pad_id, loss_fn, args, checkpoint=None, resume=Fals
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(loss_log[-20:]):.4f}")
             if checkpoint and args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-                save_checkpoint(checkpoint, trainable, optimizer, scheduler, step, loss_log)
+                save_checkpoint(checkpoint, key, trainable, optimizer, scheduler, step, loss_log)
     bar.close()
     model.eval()
     return loss_log

@@ -1,0 +1,103 @@
+"""The interface every estimator follows (scikit-learn's lesson): `fit(rows) -> self`,
+`predict(rows, mode) -> Prediction`, `save(dir)`, `load(dir)`. CV, predict, ensembles and the
+benchmark call only these, so they never branch on the kind of model."""
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import KitError
+
+EMBEDDED_LLM = "smollm2"
+EMBEDDED_ENCODER = "minilm"
+TFIDF = "tfidf"
+HEADS = ("classify", "generate")
+MODEL_FILE = "kit_model.json"     # what every saved estimator writes: its kind, task and settings
+
+
+class NotFittedError(KitError):
+    """predict() or save() before fit()."""
+
+
+@dataclass
+class Task:
+    """What an estimator needs from the spec, saved with it so a model folder is self-contained."""
+    instruction: str
+    words: list               # label words, in label order
+    max_length: int = 256
+
+    @classmethod
+    def from_spec(cls, spec, max_length=None):
+        return cls(spec.instruction, [spec.label_words[label] for label in spec.labels],
+                   max_length or spec.max_length)
+
+
+@dataclass
+class Prediction:
+    probs: np.ndarray         # (rows, labels)
+    decided: list             # per row: "score", "generate", "fallback", "classify" or "tfidf"
+    answers: list = None      # generate mode: the raw generated text per row
+    parsed: np.ndarray = None  # generate mode: the label index each answer parsed to, -1 if none
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelArgs:
+    model: str = EMBEDDED_LLM
+    head: str = "classify"
+    lora_r: int = 16          # 0: full fine-tune
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list = None   # None: every linear layer inside the transformer blocks
+    lora_layers: int = 4        # >0: LoRA only on the top N blocks (the lower ones are computed once)
+    predict_batch_size: int = 32
+    prefix_cache: bool = True
+
+
+# Settings that change how fast a model predicts, never what it learns: not part of a run's key.
+RUNTIME_ARGS_MODEL = ("predict_batch_size", "prefix_cache")
+
+
+class Estimator:
+    """Base class: holds the task and arguments, checks fitted-ness, writes the model file."""
+    kind = None
+
+    def __init__(self, task, args=None, train_args=None, trust_remote_code=False):
+        from ..train import TrainArgs
+        self.task = task
+        self.args = args or ModelArgs()
+        self.train_args = train_args or TrainArgs()
+        self.trust_remote_code = trust_remote_code   # from the current command line only, never saved
+        self.model_id = None                          # a fresh id per fit: predict progress keys on it
+
+    def _require_fitted(self, action):
+        if not self.fitted:
+            raise NotFittedError(f"{type(self).__name__}: call fit() before {action}()")
+
+    def _fitted_now(self):
+        self.model_id = uuid.uuid4().hex
+
+    def _write_model_file(self, directory, **extra):
+        state = {"kind": self.kind, "model_id": self.model_id, "task": asdict(self.task),
+                 "args": asdict(self.args), "train_args": asdict(self.train_args), **extra}
+        (Path(directory) / MODEL_FILE).write_text(json.dumps(state, indent=2))
+
+    @staticmethod
+    def read_model_file(directory):
+        path = Path(directory) / MODEL_FILE
+        if not path.is_file():
+            raise KitError(f"{directory}: no trained model here (expected {MODEL_FILE})")
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise KitError(f"{path}: not a kit model file: {error}") from None
+
+    @classmethod
+    def _from_state(cls, state, trust_remote_code=False):
+        from ..train import TrainArgs
+        model = cls(Task(**state["task"]), ModelArgs(**state["args"]), TrainArgs(**state["train_args"]),
+                    trust_remote_code=trust_remote_code)
+        model.model_id = state.get("model_id")
+        return model

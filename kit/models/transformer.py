@@ -1,0 +1,187 @@
+"""A transformers model with a generative head (answers the label word) or a classification
+head, fine-tuned with LoRA (or fully when lora_r == 0)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import KitError
+from ..logs import log
+from ..prompts import PromptEncoder, answer_ids
+from .base import HEADS, Estimator, Prediction
+from .embedded import resolve_model
+
+
+def _quiet_transformers():
+    """Load reports and per-weight progress bars drown the kit's own progress; keep errors."""
+    import warnings
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def _device_and_dtype():
+    import torch
+    if torch.cuda.is_available():
+        return "cuda", (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return "cpu", torch.float32   # bf16 matmuls are slower than fp32 on CPUs without AMX
+
+
+class TransformerModel(Estimator):
+    kind = "transformer"
+
+    def __init__(self, task, args=None, train_args=None, trust_remote_code=False):
+        super().__init__(task, args, train_args, trust_remote_code)
+        if self.args.head not in HEADS:
+            raise KitError(f"--head {self.args.head!r}: choose one of {', '.join(HEADS)}")
+        self.path = resolve_model(self.args.model)
+        self.model = self.tokenizer = None
+        self.loss_log = []
+
+    @property
+    def fitted(self):
+        return self.model is not None
+
+    # -- building ------------------------------------------------------------------------
+    def _prepare_text(self):
+        """Config, tokenizer and prompt encoder: cheap, and all that encode() needs, so a CV
+        run tokenises every row once before any fold loads weights."""
+        if self.tokenizer is not None:
+            return
+        from transformers import AutoConfig, AutoTokenizer
+        from ..predict import is_decoder
+        _quiet_transformers()
+        remote = self.trust_remote_code
+        config = AutoConfig.from_pretrained(self.path, trust_remote_code=remote)
+        self.decoder = is_decoder(config)
+        if not self.decoder and self.args.head == "generate":
+            raise KitError(f"{self.args.model}: an encoder ({config.model_type}) has no generative head; "
+                           "use --head classify")
+        tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=remote)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        self.encoder = PromptEncoder(tokenizer, self.task.instruction, self.task.max_length, chat=self.decoder)
+        if self.args.head == "generate":
+            self.answers = answer_ids(tokenizer, self.task.words)
+
+    def _load_base(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        self._prepare_text()
+        device, dtype = _device_and_dtype()
+        torch.manual_seed(self.train_args.seed)   # the classification head's initial weights
+        common = {"trust_remote_code": self.trust_remote_code, "dtype": dtype}
+        if self.args.head == "classify":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.path, num_labels=len(self.task.words), **common)
+            # The pad token tells the head which position is the last real token.
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.path, **common)
+        self.device = device
+        return model.to(device)
+
+    def _add_lora(self, model):
+        from peft import LoraConfig, get_peft_model
+        exclude = None
+        if self.args.lora_layers:
+            # LoRA on the top N blocks: exclude the lower blocks' layers by name (peft refuses
+            # layers_to_transform together with "all-linear")
+            lower = range(max(0, model.config.num_hidden_layers - self.args.lora_layers))
+            if len(lower):
+                exclude = rf".*\.(layers|layer|h|blocks)\.({'|'.join(map(str, lower))})\..*"
+        # peft's "all-linear": every linear layer except the output layer / classification head;
+        # the SEQ_CLS task type saves the new head with the adapter (modules_to_save)
+        config = LoraConfig(r=self.args.lora_r, lora_alpha=self.args.lora_alpha,
+                            lora_dropout=self.args.lora_dropout,
+                            target_modules=self.args.lora_targets or "all-linear", exclude_modules=exclude,
+                            task_type="SEQ_CLS" if self.args.head == "classify" else "CAUSAL_LM")
+        return get_peft_model(model, config)
+
+    # -- the interface -------------------------------------------------------------------
+    def encode(self, rows):
+        self._prepare_text()
+        ids, truncated = self.encoder.encode_all(rows.texts)
+        return ids, {"rows": len(ids), "mean_tokens": round(float(np.mean([len(s) for s in ids])), 1),
+                     "truncated_rows": truncated}
+
+    def fit(self, rows, checkpoint=None, resume=False, encoded=None, checkpoint_key=None):
+        from .. import train
+        model = self._load_base()
+        if self.args.lora_r:
+            model = self._add_lora(model)
+        if self.decoder and self.device == "cuda":
+            # non-reentrant: gradients reach LoRA weights even when the inputs are cached
+            # hidden states that need no gradient themselves
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        ids, stats = encoded if encoded else self.encode(rows)
+        log(f"train: {stats['rows']} rows, {stats['mean_tokens']} tokens per row on average, "
+            f"{stats['truncated_rows']} truncated to {self.task.max_length}")
+        if self.args.head == "generate":
+            targets = [self.answers[label] for label in rows.labels]
+            sequences = [s + t for s, t in zip(ids, targets)]     # the answer follows its prompt
+            module = train.AnswerLoss(model)
+        else:
+            sequences, targets = ids, list(rows.labels)
+            weights = self._class_weights(rows.labels) if self.train_args.class_weights else None
+            module = train.ClassifyLoss(model, weights)
+        self.loss_log = train.fit(module, sequences, targets, self.tokenizer.pad_token_id, self.train_args,
+                                  checkpoint=checkpoint, resume=resume, left_pad=self.decoder,
+                                  checkpoint_key=checkpoint_key)
+        self.model = model.eval()
+        self.train_stats = stats
+        self._fitted_now()
+        return self
+
+    def _class_weights(self, labels):
+        import torch
+        counts = np.bincount(labels, minlength=len(self.task.words)).astype(float)
+        weights = len(labels) / (len(counts) * np.maximum(counts, 1))
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
+
+    def predict(self, rows, mode="score", encoded=None):
+        from ..predict import FALLBACK, GENERATE, SCORE, classify_proba, generate_labels, score_labels
+        self._require_fitted("predict")
+        ids, stats = encoded if encoded else self.encode(rows)
+        pad, size = self.tokenizer.pad_token_id, self.args.predict_batch_size
+        if self.args.head == "classify":
+            if mode == GENERATE:
+                log("predict: a classify-head model has no answers to generate; using its label probabilities")
+            probs = classify_proba(self.model, ids, pad, size, self.args.prefix_cache)
+            return Prediction(probs, ["classify"] * len(ids), stats=stats)
+        if mode == SCORE:
+            firsts = [a[0] for a in self.answers]
+            probs = score_labels(self.model, ids, firsts, pad, size, self.args.prefix_cache)
+            return Prediction(probs, [SCORE] * len(ids), stats=stats)
+        probs, parsed, raw = generate_labels(self.model, self.tokenizer, ids, self.answers, self.task.words, pad, size)
+        decided = [GENERATE if p >= 0 else FALLBACK for p in parsed]
+        stats = {**stats, "fallback_rows": decided.count(FALLBACK)}
+        return Prediction(probs, decided, answers=raw, parsed=parsed, stats=stats)
+
+    def save(self, directory):
+        self._require_fitted("save")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / ("adapter" if self.args.lora_r else "model")
+        self.model.save_pretrained(weights)
+        self.tokenizer.save_pretrained(weights)
+        self._write_model_file(directory, base_path=self.path)
+
+    @classmethod
+    def load(cls, directory, trust_remote_code=False):
+        directory = Path(directory)
+        state = cls.read_model_file(directory)
+        model = cls._from_state(state, trust_remote_code)
+        if model.args.lora_r:
+            from peft import PeftModel
+            base = model._load_base()
+            model.model = PeftModel.from_pretrained(base, directory / "adapter").to(model.device).eval()
+        else:
+            model.path = str(directory / "model")
+            model.model = model._load_base().eval()
+        return model
+
+
+
