@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import log, read_csv
+from .data import read_csv
+from .logs import log
 from .errors import KitError
 from .models import ModelArgs, Task, TransformerModel, resolve_model
 from .parse import parse_answer

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import unicodedata
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import KitError
+from .logs import log
 from .spec import render_template, template_fields
 
 _FLOAT_ID = re.compile(r"^(-?\d+)\.0+$")
@@ -40,10 +40,6 @@ class Rows:
     def subset(self, index):
         return Rows([self.ids[i] for i in index], [self.texts[i] for i in index],
                     None if self.labels is None else [self.labels[i] for i in index])
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 def _is_cjk(ch):

@@ -174,9 +174,10 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
 
 def score_file(spec, pred_path, truth_path):
     """`kit score`: a predictions or submission file against a labelled CSV."""
-    from .data import clean_ids, labelled_rows, normalise_labels, require_columns
+    from .data import clean_ids, id_key, labelled_rows, normalise_labels, require_columns
     from .metrics import report
     truth_ids, truth = labelled_rows(spec, truth_path)
+    truth_ids = [id_key(i) for i in truth_ids]            # '12.0' and '12' are the same id
     frame = read_csv(pred_path)
     id_col = next((c for c in ("id", spec.submission_id, spec.id_column) if c in frame.columns), None)
     label_col = next((c for c in ("label", spec.submission_label, spec.label_column) if c in frame.columns), None)
@@ -184,7 +185,7 @@ def score_file(spec, pred_path, truth_path):
         raise KitError(f"{pred_path}: needs an id column and a label column "
                        f"({spec.submission_id!r}/{spec.submission_label!r} or id/label); has {list(frame.columns)}")
     require_columns(frame, [id_col, label_col], pred_path, "to score")
-    ids = clean_ids(frame, id_col, pred_path)
+    ids = [id_key(i) for i in clean_ids(frame, id_col, pred_path)]
     predicted = normalise_labels(frame[label_col].tolist(), spec.labels, pred_path, label_col)
     by_id = dict(zip(ids, predicted))
     missing = [i for i in truth_ids if i not in by_id]

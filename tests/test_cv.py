@@ -69,18 +69,24 @@ def _cv(spec_path, tmp_path, **kwargs):
                                  runs=tmp_path / "runs", **kwargs)
 
 
+def _run_dir(root):
+    """The one run folder under root/runs (its name ends with the settings key)."""
+    (directory,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
+    return directory
+
+
 def test_cv_writes_oof_and_scores(tmp_path, toy):
     scores = _cv(toy, tmp_path)
-    oof = (tmp_path / "runs" / "toy-tfidf" / "oof.csv").read_text().splitlines()
+    oof = (_run_dir(tmp_path) / "oof.csv").read_text().splitlines()
     assert oof[0] == "id,true,label,p_0,p_1,decided,fold" and len(oof) == 25
-    saved = json.loads((tmp_path / "runs" / "toy-tfidf" / "cv_scores.json").read_text())
+    saved = json.loads((_run_dir(tmp_path) / "cv_scores.json").read_text())
     assert saved["f1"] == scores["f1"] and len(saved["per_fold"]) == 3 and "tuned_threshold" in saved
 
 
 def test_cv_is_deterministic(tmp_path, toy):
     _cv(toy, tmp_path / "a")
     _cv(toy, tmp_path / "b")
-    read = lambda root: (root / "runs" / "toy-tfidf" / "oof.csv").read_bytes()   # noqa: E731
+    read = lambda root: (_run_dir(root) / "oof.csv").read_bytes()   # noqa: E731
     assert read(tmp_path / "a") == read(tmp_path / "b")
 
 
@@ -88,13 +94,13 @@ def test_cv_resumes_finished_folds(tmp_path, toy, monkeypatch):
     calls = []
     real = kit_cv.make_model
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
     monkeypatch.setattr(kit_cv, "make_model", counting)
     first = _cv(toy, tmp_path)
     assert len(calls) == 4                  # one to tokenise + one per fold
-    (tmp_path / "runs" / "toy-tfidf" / "cv" / "fold-2.json").unlink()   # as if killed in fold 3
+    (_run_dir(tmp_path) / "cv" / "fold-2.json").unlink()   # as if killed in fold 3
     calls.clear()
     second = _cv(toy, tmp_path)
     assert len(calls) == 2                  # only fold 3 is fitted again
@@ -105,7 +111,7 @@ def test_cv_command_prints_the_baseline_comparison(tmp_path, toy, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["cv", "--spec", str(toy), "--model", "tfidf", "--folds", "3"])
     assert result.exit_code == 0, result.output
-    assert "| toy-tfidf |" in result.output and "confusion" in result.output
+    assert "| toy-tfidf-" in result.output and "confusion" in result.output
 
 
 # -- kit score ----------------------------------------------------------------------------------

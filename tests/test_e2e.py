@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, SHARED, write_toy_competition
 
+pytestmark = pytest.mark.slow
+
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
@@ -55,8 +57,10 @@ def test_demo_competition_end_to_end(tmp_path):
     assert list(submission.columns) == ["uuid", "Keywords", "label"]
     assert submission["uuid"].tolist() == test["uuid"].tolist()
     assert set(submission["label"]) <= {"0", "1"} and (submission["Keywords"] == "").all()
-    run = json.loads((tmp_path / "runs" / "paper-medical-smollm2-classify" / "args.json").read_text())
-    assert run["train"]["max_steps"] == 2 and (tmp_path / "runs" / "paper-medical-smollm2-classify" / "spec.toml").exists()
+    (run_dir,) = (tmp_path / "runs").glob("paper-medical-smollm2-classify-*")
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["train"]["max_steps"] == 2 and (run_dir / "spec.toml").exists()
+    assert run["spec"]["fingerprint"] and run["data"]["fingerprint"] and run["base_model"]["fingerprint"]
 
 
 TRAIN = ["train", "--max-steps", "6", "--batch-size", "4", "--checkpoint-every", "2", "--head", "generate"]
@@ -85,14 +89,15 @@ def test_killed_predict_keeps_the_old_submission_and_resumes(tmp_path):
     submit.write_text("old upload\n")
     env = {**ENV, "KIT_PREDICT_CHUNK": "4"}
     process = start(tmp_path, "predict", "--spec", spec, env=env)
-    progress = tmp_path / "runs" / "toy-smollm2-classify" / ".predict-test-score.progress.json"
+    (run_dir,) = (tmp_path / "runs").glob("toy-smollm2-classify-*")
+    progress = run_dir / ".predict-test-score.progress.json"
     kill_when(process, progress)
     assert submit.read_text() == "old upload\n"
     resumed = kit(tmp_path, "predict", "--spec", spec, env=env)
     assert "resuming" in resumed.stderr
-    first = (tmp_path / "runs" / "toy-smollm2-classify" / "predictions-test.csv").read_text()
+    first = (run_dir / "predictions-test.csv").read_text()
     kit(tmp_path, "predict", "--spec", spec, env=env)       # uninterrupted, for comparison
-    again = (tmp_path / "runs" / "toy-smollm2-classify" / "predictions-test.csv").read_text()
+    again = (run_dir / "predictions-test.csv").read_text()
     assert first == again and len(pd.read_csv(submit)) == 48 and not progress.exists()
 
 

@@ -135,18 +135,18 @@ def test_empty_id_is_an_error(tmp_path):
         load_rows(spec)
 
 
-def test_empty_text_in_test_still_predicted(tmp_path, capsys):
+def test_empty_text_in_test_still_predicted(tmp_path, caplog):
     spec_path = write_toy_competition(tmp_path)
     (tmp_path / "test.csv").write_text("id,text\n1,a cat\n2,\n3,a car\n")
     rows, _ = load_rows(load_spec(spec_path), "test")
     assert len(rows) == 3 and rows.texts[1] == ""
-    assert "1 row(s) have empty input fields; they still get a prediction" in capsys.readouterr().err
+    assert "1 row(s) have empty input fields; they still get a prediction" in caplog.text
 
 
-def test_empty_text_in_train_is_reported(tmp_path, capsys):
+def test_empty_text_in_train_is_reported(tmp_path, caplog):
     rows, _ = load_rows(_toy_with(tmp_path, "id,text,label\n1,,1\n2,b,0\n"))
     assert len(rows) == 2
-    assert "1 row(s) have empty input fields" in capsys.readouterr().err
+    assert "1 row(s) have empty input fields" in caplog.text
 
 
 def test_empty_file(tmp_path):
@@ -245,8 +245,9 @@ def test_one_label_in_train_is_an_error(tmp_path):
                  "training needs at least two")
 
 
-def test_template_columns_with_spaces_and_hyphens(tmp_path):
+def test_template_columns_with_spaces_hyphens_and_dots(tmp_path):
+    # str.format_map would read {v1.2} as attribute 2 of column v1
     write_toy_competition(tmp_path)
-    (tmp_path / "train.csv").write_text("id,my col,sub-title,label\n1,a cat,pets,1\n2,a car,{x},0\n")
-    rows, _ = load_rows(load_spec(write_spec(tmp_path, input="{my col} / {sub-title}")))
-    assert rows.texts == ["a cat / pets", "a car / {x}"]
+    (tmp_path / "train.csv").write_text("id,my col,sub-title,v1.2,label\n1,a cat,pets,x,1\n2,a car,{x},y,0\n")
+    rows, _ = load_rows(load_spec(write_spec(tmp_path, input="{my col} / {sub-title} ({v1.2})")))
+    assert rows.texts == ["a cat / pets (x)", "a car / {x} (y)"]

@@ -3,7 +3,7 @@
 benchmark call only these, so they never branch on the kind of model."""
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,13 @@ class ModelArgs:
 RUNTIME_ARGS_MODEL = ("predict_batch_size", "prefix_cache")
 
 
+def _known(cls, values):
+    """Only the fields cls has: a key a model file adds (say, trust_remote_code) is ignored,
+    never applied."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
 class Estimator:
     """Base class: holds the task and arguments, checks fitted-ness, writes the model file."""
     kind = None
@@ -97,7 +104,7 @@ class Estimator:
     @classmethod
     def _from_state(cls, state, trust_remote_code=False):
         from ..train import TrainArgs
-        model = cls(Task(**state["task"]), ModelArgs(**state["args"]), TrainArgs(**state["train_args"]),
-                    trust_remote_code=trust_remote_code)
+        model = cls(Task(**_known(Task, state["task"])), ModelArgs(**_known(ModelArgs, state["args"])),
+                    TrainArgs(**_known(TrainArgs, state["train_args"])), trust_remote_code=trust_remote_code)
         model.model_id = state.get("model_id")
         return model
