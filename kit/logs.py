@@ -17,4 +17,3 @@ def setup(level=logging.INFO):
         handler._kit = True
         logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False
