@@ -8,10 +8,28 @@ from pathlib import Path
 import click
 
 from .errors import KitError
+from .device import ATTENTION, PRECISIONS, QUANTIZE
 from .models import EMBEDDED_ENCODER, EMBEDDED_LLM, HEADS, TFIDF, ModelArgs
 from .train import TrainArgs
 
 DEFAULTS_M, DEFAULTS_T = ModelArgs(), TrainArgs()
+class AutoInt(click.ParamType):
+    """A non-negative integer or the word auto."""
+    name = "INTEGER|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer or 'auto'", param, ctx)
+        if number < 0:
+            self.fail(f"{number} is negative", param, ctx)
+        return number
+
+
+AUTO_INT = AutoInt()
 TRUST_REMOTE_CODE = click.option(
     "--trust-remote-code", is_flag=True,
     help="Let the base model's own Python code run (ChatGLM2/3). Taken from this command line only, "
@@ -41,8 +59,23 @@ def _model_options(command, multiple_models=False):
         click.option("--lora-targets", default=None,
                      help="Comma-separated module names (default: peft's all-linear, every linear layer in the "
                           "blocks)."),
-        click.option("--lora-layers", type=click.IntRange(min=0), default=DEFAULTS_M.lora_layers, show_default=True,
-                     help="LoRA on the top N blocks only (0: all); lower blocks then need no backward pass."),
+        click.option("--lora-layers", type=AUTO_INT, default=DEFAULTS_M.lora_layers, show_default=True,
+                     help="LoRA on the top N blocks only (0: all); the lower blocks are then computed once. "
+                          "auto: 4 on a CPU (measured best there), all blocks on a GPU."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS_M.precision, show_default=True,
+                     help="auto: bf16 on GPUs that have it, fp16 autocast + gradient scaler on others (T4, V100), "
+                          "fp32 on a CPU."),
+        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+                     help="Recompute activations in the backward pass [default: on for models over 1B "
+                          "parameters on a GPU]."),
+        click.option("--attention", type=click.Choice(ATTENTION), default=DEFAULTS_M.attention, show_default=True,
+                     help="auto: flash_attention_2 when installed on a GPU, else PyTorch SDPA."),
+        click.option("--quantize", type=click.Choice(QUANTIZE), default=None,
+                     help="QLoRA: load the base in 4-bit NF4 (double quantisation) or 8-bit through bitsandbytes."),
+        click.option("--frozen-cache-gb", type=click.FloatRange(min=0), default=DEFAULTS_T.frozen_cache_gb,
+                     show_default=True,
+                     help="Budget for the cached states of frozen lower blocks, in CPU memory (0: half the free RAM); "
+                          "over it, training runs through every block."),
         TRUST_REMOTE_CODE,
         click.option("--max-length", type=click.IntRange(16, 131072), default=None,
                      help="Tokens per prompt (default: the spec's [task] max_length); the input is cut, "
@@ -79,6 +112,8 @@ def _split_args(options):
     model_keys = {f.name for f in fields(ModelArgs)}
     train_keys = {f.name for f in fields(TrainArgs)}
     model = {k: v for k, v in options.items() if k in model_keys}
+    if model.get("gradient_checkpointing") is None:
+        model["gradient_checkpointing"] = "auto"
     if model.get("lora_targets"):
         model["lora_targets"] = [t.strip() for t in model["lora_targets"].split(",") if t.strip()]
     return (ModelArgs(**model), TrainArgs(**{k: v for k, v in options.items() if k in train_keys}),

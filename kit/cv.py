@@ -97,11 +97,12 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     started = time.time()
     rows, _ = load_rows(spec, "train")
     fold = assign_folds(rows.labels, folds, fold_seed, holdout)
-    run = open_run(spec, model_args, train_args, name, overwrite, runs)
     task = Task.from_spec(spec)
+    encoder = make_model(task, model_args, train_args, trust_remote_code)
+    model_args = encoder.resolve_args()    # `auto` -> this device's values, part of the run's key
+    run = open_run(spec, model_args, train_args, name, overwrite, runs)
     key = fingerprint(run.key, fold.tolist(), mode)
     make = lambda: make_model(task, model_args, train_args, trust_remote_code)   # noqa: E731
-    encoder = make()
     encoded = encoder.encode(rows) if hasattr(encoder, "encode") else None   # once, for every fold
     if encoded:
         log(f"cv: {encoded[1]['rows']} rows tokenised once, {encoded[1]['mean_tokens']} tokens per row, "

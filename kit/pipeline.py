@@ -43,9 +43,10 @@ def train_run(spec, model_args, train_args, name=None, resume=False, overwrite=F
               trust_remote_code=False, runs=RUNS):
     """`kit train`: fit on the whole train split and save the run's model."""
     rows, _ = load_rows(spec, "train")
+    model = make_model(Task.from_spec(spec), model_args, train_args, trust_remote_code)
+    model_args = model.resolve_args()      # `auto` -> this device's values, part of the run's key
     run = open_run(spec, model_args, train_args, name, overwrite, runs)
     run.clear_predict_progress()
-    model = make_model(Task.from_spec(spec), model_args, train_args, trust_remote_code)
     log(f"train: {len(rows)} rows, model {model_args.model}, head {model_args.head}, run {run.directory}")
     stats = fit_timed(model, rows, checkpoint=run.checkpoint, resume=resume, checkpoint_key=run.key)
     staging = run.directory / "model.tmp"

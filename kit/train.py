@@ -29,6 +29,7 @@ class TrainArgs:
     seed: int = 0
     checkpoint_every: int = 50   # steps; 0 disables
     class_weights: bool = False
+    frozen_cache_gb: float = 0   # budget for the frozen-bottom cache in CPU memory; 0: half the free RAM
 
 
 def length_grouped_batches(lengths, batch_size, seed, epoch):
@@ -74,22 +75,56 @@ def pad_batch(sequences, pad_id, left, device):
     return batch
 
 
+def available_memory_bytes():
+    """Memory this process can still take without swapping (MemAvailable), else total RAM."""
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class FrozenBottom:
     """When only the top blocks learn (LoRA on the top N layers), the lower blocks give the
     same output for a row in every epoch: compute it once, then train on the top blocks alone.
-    A step then costs the top blocks' forward and backward, not a pass through the whole model."""
+    A step then costs the top blocks' forward and backward, not a pass through the whole model.
 
-    def __init__(self, model, sequences, batch_size=32):
+    The states live in CPU memory (pinned when the model is on a GPU, in the model's dtype, so
+    half precision there), never on the GPU beyond one batch; when they would exceed the budget,
+    or every row is seen only once (nothing to reuse), training runs through all blocks instead,
+    with a one-line notice. The cached states are fed to the first trained block through a
+    forward pre-hook, so whatever the backbone does before its blocks (Gemma scales the
+    embeddings) is not applied twice: the block sees exactly what it saw in the full pass."""
+
+    def __init__(self, model, sequences, budget_bytes=None, passes=2.0, batch_size=32):
         found = block_list(model)
-        self.split = 0
+        self.split, self.pending = 0, None
         if found is None:
             return
         self.attribute, self.backbone, self.blocks = found
         trainable = [any(p.requires_grad for p in block.parameters()) for block in self.blocks]
         if any(trainable[:1]) or not any(trainable) or any(p.requires_grad for p in self._below_blocks()):
             return            # everything learns: nothing to cache
-        self.split = trainable.index(True)
-        self.states = [None] * len(sequences)
+        split = trainable.index(True)
+        dtype = next(self.blocks[split].parameters()).dtype
+        if not dtype.is_floating_point:      # k-bit weights: the states come out in the compute dtype
+            dtype = torch.float32 if model.device.type == "cpu" else torch.bfloat16
+        hidden = model.config.get_text_config().hidden_size
+        need = sum(len(s) for s in sequences) * hidden * torch.finfo(dtype).bits // 8
+        budget = budget_bytes if budget_bytes else available_memory_bytes() // 2
+        if passes <= 1.0:
+            log("frozen blocks: every row is seen once, so caching the lower blocks would not pay; "
+                "training through all blocks")
+            return
+        if need > budget:
+            log(f"frozen blocks: caching blocks 1-{split} would take {need / 2**30:.2f} GB, over the "
+                f"{budget / 2**30:.2f} GB budget (--frozen-cache-gb); training through all blocks")
+            return
+        self.split = split
+        self.offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
+        pin = model.device.type == "cuda"
+        self.store = torch.empty(int(self.offsets[-1]), hidden, dtype=dtype, pin_memory=pin)
         self._compute(model, sequences, batch_size)
 
     def _below_blocks(self):
@@ -116,31 +151,51 @@ class FrozenBottom:
                         self.backbone(**batch)
                     except Stop:
                         pass
+                    states = captured["h"].to("cpu")
                     for j, i in enumerate(rows):
-                        self.states[i] = captured["h"][j, -len(sequences[i]):].clone()
+                        self.store[self.offsets[i]:self.offsets[i + 1]] = states[j, -len(sequences[i]):]
         finally:
             hook.remove()
 
-    def inputs(self, rows, device):
-        """A left-padded batch of cached hidden states for the top blocks."""
-        states = [self.states[i] for i in rows]
-        width = max(len(s) for s in states)
-        embeds = torch.zeros(len(states), width, states[0].shape[-1], dtype=states[0].dtype, device=device)
-        mask = torch.zeros(len(states), width, dtype=torch.long, device=device)
-        for j, s in enumerate(states):
-            embeds[j, width - len(s):] = s
-            mask[j, width - len(s):] = 1
-        return {"inputs_embeds": embeds, "attention_mask": mask,
+    def inputs(self, rows, pad_id, device):
+        """A left-padded batch for the top blocks: filler ids for the (discarded) embeddings,
+        and the cached states waiting for the first trained block's pre-hook."""
+        lengths = [int(self.offsets[i + 1] - self.offsets[i]) for i in rows]
+        width = max(lengths)
+        states = torch.zeros(len(rows), width, self.store.shape[1], dtype=self.store.dtype,
+                             pin_memory=self.store.is_pinned())
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for j, (i, n) in enumerate(zip(rows, lengths)):
+            states[j, width - n:] = self.store[self.offsets[i]:self.offsets[i + 1]]
+            mask[j, width - n:] = 1
+        self.pending = states.to(device, non_blocking=True)
+        mask = mask.to(device)
+        # any id but the pad: a classification head pools the last non-pad id, which with left
+        # padding is the last position, as in the full pass
+        filler = 1 if pad_id == 0 else 0
+        return {"input_ids": torch.full_like(mask, filler), "attention_mask": mask,
                 "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
 
+    def _feed(self, module, args, kwargs):
+        """Replace the first trained block's input with the cached states. It fires again when
+        gradient checkpointing recomputes the block, and must give the same states then."""
+        if self.pending is None:
+            return None
+        if args:
+            return (self.pending, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": self.pending}
+
     def __enter__(self):
-        """Run only the top blocks: the backbone takes the cached states as its 'embeddings'."""
+        """Run only the top blocks, fed from the cache."""
         if self.split:
+            self.hook = self.blocks[self.split].register_forward_pre_hook(self._feed, with_kwargs=True)
             setattr(self.backbone, self.attribute, torch.nn.ModuleList(list(self.blocks)[self.split:]))
         return self
 
     def __exit__(self, *exc):
         if self.split:
+            self.hook.remove()
+            self.pending = None
             setattr(self.backbone, self.attribute, self.blocks)
 
 
@@ -232,8 +287,18 @@ def total_steps(n_rows, args):
     return max(1, math.ceil(args.epochs * math.ceil(n_rows / args.batch_size) / args.grad_accum))
 
 
+def autocast_and_scaler(precision, device_type):
+    """bf16: autocast only; fp16: autocast plus a gradient scaler (fp16 gradients underflow
+    without one; T4/V100 have no bf16); fp32: neither."""
+    if precision == "fp32":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device_type) if precision == "fp16" else None
+    return (lambda: torch.autocast(device_type, dtype=dtype)), scaler
+
+
 def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc="train",
-        left_pad=True, frozen_bottom=True, checkpoint_key=None):
+        left_pad=True, frozen_bottom=True, checkpoint_key=None, precision="fp32"):
     """Train the trainable parameters of module.model on token sequences; returns the per-step
     loss log. module(inputs, targets_of_batch) -> scalar loss (AnswerLoss, ClassifyLoss).
     A checkpoint is resumed only when it carries checkpoint_key (the run's configuration)."""
@@ -246,13 +311,16 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
     steps = total_steps(len(ids), args)
     # linear warm-up from 0, then linear decay to 0 (the library's schedule, as documented)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(round(args.warmup * steps)), steps)
+    autocast, scaler = autocast_and_scaler(precision, model.device.type)
     step, loss_log = 0, []
     key = checkpoint_key or "unkeyed"
     if resume and checkpoint and os.path.exists(checkpoint):
         step, loss_log = load_checkpoint(checkpoint, key, trainable, optimizer, scheduler)
-    bottom = FrozenBottom(model, ids) if frozen_bottom and left_pad and step < steps else None
+    passes = steps * args.batch_size * args.grad_accum / max(1, len(ids))
+    bottom = FrozenBottom(model, ids, int(args.frozen_cache_gb * 2**30), passes) \
+        if frozen_bottom and left_pad and step < steps else None
     if bottom is not None and bottom.split:
-        make_inputs = lambda rows: bottom.inputs(rows, model.device)   # noqa: E731
+        make_inputs = lambda rows: bottom.inputs(rows, pad_id, model.device)   # noqa: E731
     else:
         make_inputs = lambda rows: pad_batch([ids[i] for i in rows], pad_id, left_pad, model.device)  # noqa: E731
     lengths = [len(s) for s in ids]
@@ -269,12 +337,19 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
                 if epoch not in schedule:
                     schedule = {epoch: length_grouped_batches(lengths, args.batch_size, args.seed, epoch)}
                 rows = schedule[epoch][index]
-                loss = module(make_inputs(rows), [targets[i] for i in rows]) / args.grad_accum
-                loss.backward()
+                with autocast():
+                    loss = module(make_inputs(rows), [targets[i] for i in rows]) / args.grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
                 running += loss.item()
                 micro += 1
+            if scaler:
+                scaler.unscale_(optimizer)          # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            if scaler:
+                scaler.step(optimizer)              # skips the step when gradients overflowed
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -77,18 +77,44 @@ def test_tfidf_save_and_reload(toy, tmp_path):
     np.testing.assert_array_equal(before.probs, after.probs)
 
 
-@pytest.mark.parametrize("head", ["classify", "generate"])
-def test_frozen_bottom_trains_exactly_like_the_full_pass(tiny_llama, toy, head, monkeypatch):
-    """LoRA on the top block only: caching the lower blocks must not change a single step."""
-    spec, rows = rows_of(toy)
+TWO_EPOCHS = TrainArgs(max_steps=6, batch_size=8, lr=5e-3, checkpoint_every=0)   # 24 rows: each seen twice
+
+
+def frozen_and_full_logs(path, spec, rows, head, monkeypatch, train_args=TWO_EPOCHS, **fit_options):
+    """Loss logs of the same run with and without the frozen-bottom cache."""
     logs = []
     for frozen in (True, False):
         real = train.fit
-        monkeypatch.setattr(train, "fit", lambda *a, **k: real(*a, **{**k, "frozen_bottom": frozen}))
-        model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_llama, head=head, lora_layers=1), FAST)
+        monkeypatch.setattr(train, "fit", lambda *a, **k: real(*a, **{**k, "frozen_bottom": frozen, **fit_options}))
+        model = make_model(Task.from_spec(spec), ModelArgs(model=path, head=head, lora_layers=1), train_args)
         logs.append(model.fit(rows).loss_log)
         monkeypatch.undo()
-    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-5)
+    return logs
+
+
+@pytest.mark.parametrize("head", ["classify", "generate"])
+def test_frozen_bottom_trains_exactly_like_the_full_pass(tiny_llama, toy, head, monkeypatch, caplog):
+    """LoRA on the top block only: caching the lower blocks must not change a single step."""
+    spec, rows = rows_of(toy)
+    cached, full = frozen_and_full_logs(tiny_llama, spec, rows, head, monkeypatch)
+    assert "frozen blocks" not in caplog.text          # the cache was used
+    np.testing.assert_allclose(cached, full, rtol=1e-5)
+
+
+def test_over_budget_cache_trains_through_every_block_with_the_same_losses(tiny_llama, toy, monkeypatch, caplog):
+    spec, rows = rows_of(toy)
+    tiny_budget = TrainArgs(max_steps=6, batch_size=8, lr=5e-3, checkpoint_every=0, frozen_cache_gb=1e-7)
+    over, full = frozen_and_full_logs(tiny_llama, spec, rows, "classify", monkeypatch, tiny_budget)
+    assert "over the" in caplog.text and "budget" in caplog.text
+    within, _ = frozen_and_full_logs(tiny_llama, spec, rows, "classify", monkeypatch)
+    np.testing.assert_allclose(over, within, rtol=1e-5)
+    np.testing.assert_allclose(over, full, rtol=1e-5)
+
+
+def test_one_pass_over_the_rows_skips_the_cache(tiny_llama, toy, monkeypatch, caplog):
+    spec, rows = rows_of(toy)
+    frozen_and_full_logs(tiny_llama, spec, rows, "classify", monkeypatch, FAST)
+    assert "every row is seen once" in caplog.text
 
 
 def test_prefix_cache_gives_the_same_scores(tiny_qwen2, toy):

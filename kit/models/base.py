@@ -51,7 +51,12 @@ class ModelArgs:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: list = None   # None: every linear layer inside the transformer blocks
-    lora_layers: int = 4        # >0: LoRA only on the top N blocks (the lower ones are computed once)
+    lora_layers: object = "auto"   # N > 0: LoRA on the top N blocks only (the lower ones are computed
+                                   # once); 0: every block; auto: 4 on a CPU, 0 on a GPU (kit/device.py)
+    precision: str = "auto"        # bf16 | fp16 (autocast + gradient scaler) | fp32 | auto
+    gradient_checkpointing: object = "auto"   # True | False | auto: on for > 1B parameters on a GPU
+    attention: str = "auto"        # sdpa | eager | flash_attention_2 | auto
+    quantize: str = None           # 4bit | 8bit: QLoRA through bitsandbytes
     predict_batch_size: int = 32
     prefix_cache: bool = True
 
@@ -78,6 +83,10 @@ class Estimator:
         self.train_args = train_args or TrainArgs()
         self.trust_remote_code = trust_remote_code   # from the current command line only, never saved
         self.model_id = None                          # a fresh id per fit: predict progress keys on it
+
+    def resolve_args(self):
+        """Concrete values for device-dependent settings (transformers override this)."""
+        return self.args
 
     def _require_fitted(self, action):
         if not self.fitted:

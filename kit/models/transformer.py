@@ -21,11 +21,19 @@ def _quiet_transformers():
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
-def _device_and_dtype():
+def _device():
     import torch
-    if torch.cuda.is_available():
-        return "cuda", (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return "cpu", torch.float32   # bf16 matmuls are slower than fp32 on CPUs without AMX
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _weights_dtype(precision, device, full_fine_tune):
+    """Frozen weights in half precision on a GPU; fp32 on a CPU (bf16 matmuls are slower than
+    fp32 there without AMX; bf16/fp16 then run as autocast). Weights that train stay fp32 under
+    fp16, since the gradient scaler cannot unscale fp16 gradients."""
+    import torch
+    if device == "cpu" or precision == "fp32" or (precision == "fp16" and full_fine_tune):
+        return torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 class TransformerModel(Estimator):
@@ -42,6 +50,37 @@ class TransformerModel(Estimator):
     @property
     def fitted(self):
         return self.model is not None
+
+    def resolve_args(self):
+        """Concrete values for the `auto` settings on this device, logged as the run's plan."""
+        from ..device import cuda_info, resolve
+        cuda = cuda_info()
+        needs_shape = cuda is not None and self.args.gradient_checkpointing == "auto"
+        shape = self._shape() if needs_shape else None
+        self.args, lines = resolve(self.args, shape, cuda)
+        if lines:
+            log(f"plan ({cuda['name'] if cuda else 'cpu'}): " + "; ".join(lines))
+        return self.args
+
+    def _shape(self):
+        from ..device import model_shape
+        try:
+            return model_shape(self.path, self.trust_remote_code)
+        except Exception as error:   # an architecture the meta-device build does not know
+            log(f"memory estimate skipped: {type(error).__name__}: {str(error)[:120]}")
+            return None
+
+    def check_memory(self, batch_size):
+        """Refuse before loading anything when the estimated peak would not fit."""
+        from ..device import check_memory, cuda_info, estimate_peak
+        from ..train import available_memory_bytes
+        shape = self._shape()
+        if shape is None or not self.decoder:
+            return None
+        cuda = cuda_info()
+        parts = estimate_peak(shape, self.args, batch_size, self.task.max_length, cuda is not None)
+        capacity = cuda["total_bytes"] if cuda else available_memory_bytes()
+        return check_memory(parts, capacity, cuda["name"] if cuda else "this machine's free memory")
 
     # -- building ------------------------------------------------------------------------
     def _prepare_text(self):
@@ -70,9 +109,17 @@ class TransformerModel(Estimator):
         import torch
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
         self._prepare_text()
-        device, dtype = _device_and_dtype()
+        if "auto" in (self.args.precision, self.args.attention, self.args.lora_layers,
+                      self.args.gradient_checkpointing):
+            self.resolve_args()
+        device = _device()
+        dtype = _weights_dtype(self.args.precision, device, not self.args.lora_r)
         torch.manual_seed(self.train_args.seed)   # the classification head's initial weights
-        common = {"trust_remote_code": self.trust_remote_code, "dtype": dtype}
+        common = {"trust_remote_code": self.trust_remote_code, "dtype": dtype,
+                  "attn_implementation": self.args.attention}
+        if self.args.quantize:
+            common["quantization_config"] = self._quantization(device)
+            common["device_map"] = {"": 0 if device == "cuda" else "cpu"}
         if self.args.head == "classify":
             model = AutoModelForSequenceClassification.from_pretrained(
                 self.path, num_labels=len(self.task.words), **common)
@@ -81,10 +128,27 @@ class TransformerModel(Estimator):
         else:
             model = AutoModelForCausalLM.from_pretrained(self.path, **common)
         self.device = device
-        return model.to(device)
+        return model if self.args.quantize else model.to(device)
+
+    def _quantization(self, device):
+        """NF4 with double quantisation (QLoRA), computing in bf16/fp16 on a GPU, fp32 on a CPU."""
+        import torch
+        from transformers import BitsAndBytesConfig
+        from ..device import require_quantization
+        require_quantization(self.args.quantize, device == "cuda")
+        compute = torch.float32 if device == "cpu" else (torch.float16 if self.args.precision == "fp16"
+                                                         else torch.bfloat16)
+        if self.args.quantize == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute)
 
     def _add_lora(self, model):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        if self.args.quantize:    # norms in fp32, inputs that carry gradients: peft's k-bit recipe
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(self.args.gradient_checkpointing),
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         exclude = None
         if self.args.lora_layers:
             # LoRA on the top N blocks: exclude the lower blocks' layers by name (peft refuses
@@ -98,7 +162,11 @@ class TransformerModel(Estimator):
                             lora_dropout=self.args.lora_dropout,
                             target_modules=self.args.lora_targets or "all-linear", exclude_modules=exclude,
                             task_type="SEQ_CLS" if self.args.head == "classify" else "CAUSAL_LM")
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
+        for parameter in model.parameters():   # trained weights in fp32 (master weights under autocast)
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+        return model
 
     # -- the interface -------------------------------------------------------------------
     def encode(self, rows):
@@ -109,10 +177,13 @@ class TransformerModel(Estimator):
 
     def fit(self, rows, checkpoint=None, resume=False, encoded=None, checkpoint_key=None):
         from .. import train
+        self._prepare_text()
+        self.resolve_args()
+        self.check_memory(self.train_args.batch_size)
         model = self._load_base()
         if self.args.lora_r:
             model = self._add_lora(model)
-        if self.decoder and self.device == "cuda":
+        if self.args.gradient_checkpointing:
             # non-reentrant: gradients reach LoRA weights even when the inputs are cached
             # hidden states that need no gradient themselves
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -129,7 +200,7 @@ class TransformerModel(Estimator):
             module = train.ClassifyLoss(model, weights)
         self.loss_log = train.fit(module, sequences, targets, self.tokenizer.pad_token_id, self.train_args,
                                   checkpoint=checkpoint, resume=resume, left_pad=self.decoder,
-                                  checkpoint_key=checkpoint_key)
+                                  checkpoint_key=checkpoint_key, precision=self.args.precision)
         self.model = model.eval()
         self.train_stats = stats
         self._fitted_now()
@@ -177,7 +248,10 @@ class TransformerModel(Estimator):
         if model.args.lora_r:
             from peft import PeftModel
             base = model._load_base()
-            model.model = PeftModel.from_pretrained(base, directory / "adapter").to(model.device).eval()
+            model.model = PeftModel.from_pretrained(base, directory / "adapter")
+            if not model.args.quantize:          # k-bit weights are placed at load time
+                model.model = model.model.to(model.device)
+            model.model.eval()
         else:
             model.path = str(directory / "model")
             model.model = model._load_base().eval()
