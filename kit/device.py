@@ -47,6 +47,7 @@ def model_shape(path, trust_remote_code=False):
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model.tie_weights()      # on the meta device the output layer is not tied until asked
     text = config.get_text_config()
     blocks = [m for n, m in model.named_modules() if n.count(".") and _block_index(n) is not None]
     linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _block_index(n) is not None]

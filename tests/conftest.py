@@ -92,3 +92,58 @@ def tiny_llama(tmp_path_factory, smol_tokenizer_dir):
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory, smol_tokenizer_dir):
     return _tiny("qwen2", tmp_path_factory.mktemp("tiny-qwen2"), smol_tokenizer_dir)
+
+
+# -- the architecture matrix (tests/test_architectures.py) -------------------------------------
+ARCH_FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "glm", "glm4", "mistral", "phi3")
+
+
+def _arch_config(kind):
+    """A tiny config of each family (hidden 32, 3 blocks), with the family's own quirks kept:
+    Gemma-2's embedding scale, soft-capping and alternating sliding/full attention, GLM's
+    partial rotary embeddings and qkv bias, Phi-3's fused qkv_proj and gate_up_proj."""
+    import transformers
+    common = dict(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  pad_token_id=2, eos_token_id=2, bos_token_id=1)
+    extra = {
+        "llama": dict(tie_word_embeddings=True),
+        "qwen2": dict(tie_word_embeddings=True),
+        "qwen3": dict(tie_word_embeddings=True, head_dim=8),
+        "gemma2": dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=128,
+                       hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=30.0,
+                       attn_logit_softcapping=50.0, tie_word_embeddings=True),
+        "glm": dict(head_dim=8, attention_bias=True, tie_word_embeddings=False,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+        "glm4": dict(head_dim=8, attention_bias=True, tie_word_embeddings=False,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+        "mistral": dict(head_dim=8, sliding_window=128, tie_word_embeddings=False),
+        "phi3": dict(tie_word_embeddings=False),
+    }[kind]
+    name = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "glm": "Glm",
+            "glm4": "Glm4", "mistral": "Mistral", "phi3": "Phi3"}[kind]
+    return getattr(transformers, f"{name}Config")(**common, **extra), getattr(transformers, f"{name}ForCausalLM")
+
+
+def _tiny_arch(kind, directory, tokenizer_dir):
+    import torch
+    from transformers import AutoTokenizer
+    torch.manual_seed(0)
+    config, cls = _arch_config(kind)
+    model = cls(config)
+    assert model.config.model_type == kind
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_arch(tmp_path_factory, smol_tokenizer_dir):
+    """kind -> the directory of a tiny random model of that family, built once per session."""
+    built = {}
+
+    def get(kind):
+        if kind not in built:
+            built[kind] = _tiny_arch(kind, tmp_path_factory.mktemp(f"tiny-{kind}"), smol_tokenizer_dir)
+        return built[kind]
+    return get
