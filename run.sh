@@ -2,7 +2,7 @@
 # ./run.sh          set up (once) and run the demo competition end to end:
 #                   check -> prepare -> train -> predict -> submissions/submit.csv
 # ./run.sh test     set up (once) and run the tests
-# ./run.sh ARGS...  set up (once) and run `python -m kit ARGS...`
+# ./run.sh ARGS...  set up (once) and run `python -m kit ARGS...` (online: --model may be a hub id)
 # Environment: KIT_VENV (default .venv), PYTHON (default python3), SPEC (default data/competition.toml).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,14 +25,17 @@ setup() {
 
 setup
 PY="$VENV/bin/python"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export TOKENIZERS_PARALLELISM=false
+offline() { export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1; }   # the tests and the demo never download
 
 case "${1:-}" in
   test)
     shift
+    offline
     exec "$PY" -m pytest -q tests "$@"
     ;;
   "")
+    offline
     start=$(date +%s)
     "$PY" -m kit check --spec "$SPEC"
     "$PY" -m kit prepare --spec "$SPEC"

@@ -251,17 +251,17 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, key, trainable, optimizer, scheduler, step, loss_log):
+def save_checkpoint(path, key, trainable, optimizer, scheduler, step, loss_log, scaler=None):
     """Plain tensors, numbers and strings only, so loading needs no pickle (weights_only)."""
     state = {"key": key, "trainable": {name: p.detach().clone() for name, p in trainable.items()},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-             "loss_log": loss_log, "rng": _rng_state()}
+             "loss_log": loss_log, "rng": _rng_state(), "scaler": scaler.state_dict() if scaler else None}
     tmp = f"{path}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)   # a kill during the save leaves the previous checkpoint whole
 
 
-def load_checkpoint(path, key, trainable, optimizer, scheduler):
+def load_checkpoint(path, key, trainable, optimizer, scheduler, scaler=None):
     """Restore a checkpoint made by this exact configuration; anything else starts fresh."""
     try:
         state = torch.load(path, weights_only=True)    # never unpickles code
@@ -277,6 +277,8 @@ def load_checkpoint(path, key, trainable, optimizer, scheduler):
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
+    if scaler and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     log(f"{path}: resuming at step {state['step']}")
     return state["step"], state["loss_log"]
 
@@ -315,7 +317,7 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
     step, loss_log = 0, []
     key = checkpoint_key or "unkeyed"
     if resume and checkpoint and os.path.exists(checkpoint):
-        step, loss_log = load_checkpoint(checkpoint, key, trainable, optimizer, scheduler)
+        step, loss_log = load_checkpoint(checkpoint, key, trainable, optimizer, scheduler, scaler)
     passes = steps * args.batch_size * args.grad_accum / max(1, len(ids))
     bottom = FrozenBottom(model, ids, int(args.frozen_cache_gb * 2**30), passes) \
         if frozen_bottom and left_pad and step < steps else None
@@ -357,7 +359,7 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(loss_log[-20:]):.4f}")
             if checkpoint and args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-                save_checkpoint(checkpoint, key, trainable, optimizer, scheduler, step, loss_log)
+                save_checkpoint(checkpoint, key, trainable, optimizer, scheduler, step, loss_log, scaler)
     bar.close()
     model.eval()
     return loss_log
