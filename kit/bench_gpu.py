@@ -123,6 +123,9 @@ def measure(fn, device):
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        left = torch.cuda.memory_allocated() / 2**20
+        if left > 256:     # the peak starts from what is allocated: an earlier row's leftovers count
+            log(f"bench-gpu: {left:.0f} MB still allocated from earlier rows count in this row's peak")
     reset_peak_rss()
     start = time.perf_counter()
     out = fn()
@@ -369,10 +372,28 @@ def train_trainer(model_dir, features, tokenizer, steps, batch, device, qlora=Fa
     return {"seconds": seconds, "steps": timed, "peak": peak, "losses": losses, "note": ""}
 
 
+def train_pair(model_dir, rows, opts, qlora, per_token, peak_flops_s):
+    """kit train, then the Trainer on the kit's token sequences with the settings the kit resolved."""
+    device, steps, batch, max_length = opts["device"], opts["steps"], opts["batch_size"], opts["max_length"]
+    suffix = ", QLoRA 4-bit" if qlora else ""
+    log(f"bench-gpu: kit train{suffix} ...")
+    kit, ids, kit_run = train_kit(model_dir, rows, steps, batch, max_length, device, "4bit" if qlora else None)
+    tokens_per_row = float(np.mean([len(s) + len(kit.answers[y]) for s, y in zip(ids, rows.labels)]))
+    checkpointing = bool(kit.args.gradient_checkpointing)
+    features = trainer_features(ids, kit.answers, rows.labels)
+    tokenizer, settings = kit.tokenizer, {"gradient_checkpointing": checkpointing, "attention": kit.args.attention}
+    del kit
+    log(f"bench-gpu: transformers.Trainer + peft{suffix} ...")
+    trainer_run = train_trainer(model_dir, features, tokenizer, steps, batch, device, qlora, checkpointing)
+    return [{**train_row(name, run, tokens_per_row, batch, per_token, peak_flops_s), **settings,
+             "tokens_per_row": tokens_per_row}
+            for name, run in ((f"transformers.Trainer + peft{suffix}", trainer_run), (f"kit train{suffix}", kit_run))]
+
+
 def bench_training(model_dir, texts, matmul_params, opts, peak_flops_s):
     """kit and Trainer rows, bf16 then 4-bit; each pair on the same token sequences."""
-    device, steps, batch, max_length = opts["device"], opts["steps"], opts["batch_size"], opts["max_length"]
-    n = steps * batch                      # one epoch: both trainers see every row exactly once
+    device, max_length = opts["device"], opts["max_length"]
+    n = opts["steps"] * opts["batch_size"]    # one epoch: both trainers see every row exactly once
     inputs = filled_texts(texts, n, max_length)
     rows = Rows([str(i) for i in range(n)], inputs, [keyword_label(t) for t in inputs])
     # LoRA on a frozen base: forward 2N, backward through the activations 2N, no weight
@@ -388,20 +409,17 @@ def bench_training(model_dir, texts, matmul_params, opts, peak_flops_s):
             skipped.append("QLoRA rows skipped: bitsandbytes is not installed (pip install bitsandbytes)")
             continue
         if qlora and "quantize" not in {f.name for f in dataclasses.fields(ModelArgs)}:
-            skipped.append("kit QLoRA row skipped: this kit's ModelArgs has no 'quantize' field")
+            skipped.append("QLoRA rows skipped: this kit's ModelArgs has no 'quantize' field")
             continue
-        log(f"bench-gpu: kit train{suffix} ...")
-        kit, ids, kit_run = train_kit(model_dir, rows, steps, batch, max_length, device, "4bit" if qlora else None)
-        tokens_per_row = float(np.mean([len(s) + len(kit.answers[y]) for s, y in zip(ids, rows.labels)]))
-        checkpointing = bool(kit.args.gradient_checkpointing)
-        features = trainer_features(ids, kit.answers, rows.labels)
-        tokenizer, settings = kit.tokenizer, {"gradient_checkpointing": checkpointing, "attention": kit.args.attention}
-        del kit
-        log(f"bench-gpu: transformers.Trainer + peft{suffix} ...")
-        trainer_run = train_trainer(model_dir, features, tokenizer, steps, batch, device, qlora, checkpointing)
-        for name, run in ((f"transformers.Trainer + peft{suffix}", trainer_run), (f"kit train{suffix}", kit_run)):
-            out.append({**train_row(name, run, tokens_per_row, batch, per_token, peak_flops_s), **settings,
-                        "tokens_per_row": tokens_per_row})
+        try:
+            out += train_pair(model_dir, rows, opts, qlora, per_token, peak_flops_s)
+        except (KitError, torch.cuda.OutOfMemoryError) as error:
+            # a refusal or out-of-memory is a result too (7B in bf16 on a small GPU): keep going
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            skipped.append(f"training{suffix} failed: {type(error).__name__}: {first_line}")
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
     return out, skipped
 
 
@@ -526,8 +544,9 @@ def print_config_report(result, opts):
     train = result["train"]
     if train:
         first = train[0]
+        timed = f"speeds over steps 2-{opts['steps']}" if opts["steps"] > 1 else "one step, timed whole"
         print(f"training: LoRA r16 alpha 32 on all linear layers, batch {opts['batch_size']}, {opts['steps']} steps "
-              f"(speeds over steps 2-{opts['steps']}), "
+              f"({timed}), "
               f"{first['tokens_per_row']:.0f} tokens/row (inputs filled to max_length {opts['max_length']}), "
               f"gradient checkpointing {'on' if first['gradient_checkpointing'] else 'off'} (both), "
               f"kit attention {first['attention']}")

@@ -319,3 +319,11 @@ def bench(data, rows, train_steps, model, quick, out):
     started = time.time()
     run_bench(data, rows, train_steps, model, quick, out)
     click.echo(f"bench done in {time.time() - started:.0f} s")
+
+
+def _register_extra_commands():
+    from .bench_gpu import bench_gpu
+    main.add_command(bench_gpu)
+
+
+_register_extra_commands()

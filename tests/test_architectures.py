@@ -23,6 +23,16 @@ TWO_EPOCHS = TrainArgs(max_steps=6, batch_size=8, lr=5e-3, checkpoint_every=0)  
 HEADS = ("classify", "generate")
 
 
+# Gemma-2 refuses sdpa (it cannot soft-cap attention logits), and the kit's `auto` picks sdpa off a
+# flash-attention GPU: the matrix names eager for it; test_default_attention_loads_every_family
+# shows the default.
+ATTENTION = {"gemma2": "eager"}
+
+
+def margs(tiny_arch, family, **options):
+    return ModelArgs(model=tiny_arch(family), attention=ATTENTION.get(family, "auto"), **options)
+
+
 def spec_rows(toy, split="train"):
     spec = load_spec(toy)
     return spec, load_rows(spec, split)[0]
@@ -34,7 +44,7 @@ def spec_rows(toy, split="train"):
 def test_heads_train_save_and_reload_identically(tiny_arch, toy, tmp_path, family, head):
     spec, rows = spec_rows(toy)
     test = load_rows(spec, "test")[0]
-    model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_arch(family), head=head), FAST).fit(rows)
+    model = make_model(Task.from_spec(spec), margs(tiny_arch, family, head=head), FAST).fit(rows)
     assert len(model.loss_log) == 3 and all(np.isfinite(model.loss_log)), model.loss_log
     before = model.predict(test)
     assert before.probs.shape == (8, 2) and np.all(np.isfinite(before.probs))
@@ -44,6 +54,16 @@ def test_heads_train_save_and_reload_identically(tiny_arch, toy, tmp_path, famil
     np.testing.assert_array_equal(before.probs, after.probs)
 
 
+@pytest.mark.parametrize("family", [
+    pytest.param(f, marks=pytest.mark.xfail(strict=True, raises=ValueError, reason="attention auto -> sdpa, which "
+                                            "Gemma2 refuses (_supports_sdpa = False); " "kit/ fix needed"))
+    if f == "gemma2" else f for f in ARCH_FAMILIES])
+def test_default_attention_loads_every_family(tiny_arch, toy, family):
+    spec = load_spec(toy)
+    for head in HEADS:
+        make_model(Task.from_spec(spec), ModelArgs(model=tiny_arch(family), head=head), FAST)._load_base()
+
+
 # -- 2. the frozen-bottom cache trains exactly like the full pass ---------------------------------
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("family", ARCH_FAMILIES)
@@ -51,14 +71,17 @@ def test_frozen_bottom_equals_the_full_pass(tiny_arch, toy, monkeypatch, caplog,
     """LoRA on the top block only, two epochs: the cached states of blocks 1-2 must be exactly
     what block 3 sees in the full pass (Gemma-2 scales its embeddings inside forward)."""
     spec, rows = spec_rows(toy)
+    # compare the losses unrounded: the log's 5 decimals would turn a 1e-8 difference at a rounding
+    # boundary into 1e-5
+    monkeypatch.setattr(train, "round", lambda value, digits=None: value, raising=False)
     logs = []
     for frozen in (True, False):
         real = train.fit
         monkeypatch.setattr(train, "fit", lambda *a, **k: real(*a, **{**k, "frozen_bottom": frozen}))
-        args = ModelArgs(model=tiny_arch(family), head=head, lora_layers=1)
+        args = margs(tiny_arch, family, head=head, lora_layers=1)
         model = make_model(Task.from_spec(spec), args, TWO_EPOCHS)
         logs.append(model.fit(rows).loss_log)
-        monkeypatch.undo()
+        monkeypatch.setattr(train, "fit", real)
     assert "frozen blocks" not in caplog.text           # the cache was used, not refused
     assert len(logs[0]) == 6 and all(np.isfinite(logs[0]))
     np.testing.assert_allclose(logs[0], logs[1], rtol=1e-5)
@@ -67,7 +90,7 @@ def test_frozen_bottom_equals_the_full_pass(tiny_arch, toy, monkeypatch, caplog,
 def test_frozen_bottom_caches_the_blocks_below_the_trained_one(tiny_arch, toy):
     """The cache really splits at the first trained block (else test 2 proves nothing)."""
     spec, rows = spec_rows(toy)
-    model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_arch("gemma2"), lora_layers=1), TWO_EPOCHS)
+    model = make_model(Task.from_spec(spec), margs(tiny_arch, "gemma2", lora_layers=1), TWO_EPOCHS)
     ids, _ = model.encode(rows)
     peft = model._add_lora(model._load_base())
     bottom = train.FrozenBottom(peft, ids, passes=2.0)
@@ -83,7 +106,7 @@ def test_frozen_bottom_caches_the_blocks_below_the_trained_one(tiny_arch, toy):
 @pytest.mark.parametrize("family", ARCH_FAMILIES)
 def test_prefix_cache_gives_the_same_label_scores(tiny_arch, toy, family):
     spec, rows = spec_rows(toy)
-    model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_arch(family), head="generate"), FAST)
+    model = make_model(Task.from_spec(spec), margs(tiny_arch, family, head="generate"), FAST)
     ids, _ = model.encode(rows)
     base = model._load_base().eval()
     pad, firsts = model.tokenizer.pad_token_id, [a[0] for a in model.answers]
@@ -97,7 +120,7 @@ def test_prefix_cache_gives_the_same_label_scores(tiny_arch, toy, family):
 @pytest.mark.parametrize("family", ARCH_FAMILIES)
 def test_prefix_cache_gives_the_same_classify_probabilities(tiny_arch, toy, family):
     spec, rows = spec_rows(toy)
-    model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_arch(family), head="classify"), FAST)
+    model = make_model(Task.from_spec(spec), margs(tiny_arch, family, head="classify"), FAST)
     ids, _ = model.encode(rows)
     base = model._load_base().eval()
     pad = model.tokenizer.pad_token_id
@@ -126,7 +149,7 @@ def test_lora_default_targets_are_the_blocks_linear_layers(tiny_arch, toy, famil
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
     spec = load_spec(toy)
-    model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_arch(family), head=head, lora_layers=0), FAST)
+    model = make_model(Task.from_spec(spec), margs(tiny_arch, family, head=head, lora_layers=0), FAST)
     bare = model._load_base()
     _, _, blocks = block_list(bare)
     block_ids = {id(m) for m in blocks.modules()}

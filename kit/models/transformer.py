@@ -150,14 +150,14 @@ class TransformerModel(Estimator):
                 model, use_gradient_checkpointing=bool(self.args.gradient_checkpointing),
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         # ChatGLM's output layer is not declared as one, so "all-linear" would take it
-        exclude = [r".*\.output_layer"]
+        exclude = [r".*\.output_layer"] if any(n.endswith("output_layer") for n, _ in model.named_modules()) else []
         if self.args.lora_layers:
             # LoRA on the top N blocks: exclude the lower blocks' layers by name (peft refuses
             # layers_to_transform together with "all-linear")
             lower = range(max(0, model.config.num_hidden_layers - self.args.lora_layers))
             if len(lower):
                 exclude.append(rf".*\.(layers|layer|h|blocks)\.({'|'.join(map(str, lower))})\..*")
-        exclude = "|".join(f"({pattern})" for pattern in exclude)
+        exclude = "|".join(f"({pattern})" for pattern in exclude) or None
         # peft's "all-linear": every linear layer except the output layer / classification head;
         # the SEQ_CLS task type saves the new head with the adapter (modules_to_save)
         config = LoraConfig(r=self.args.lora_r, lora_alpha=self.args.lora_alpha,
