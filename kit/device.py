@@ -44,7 +44,8 @@ def model_shape(path, trust_remote_code=False):
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from .models.transformer import _remote_code_guard
+    config = _remote_code_guard(path, AutoConfig.from_pretrained, path, trust_remote_code=trust_remote_code)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     model.tie_weights()      # on the meta device the output layer is not tied until asked

@@ -30,11 +30,19 @@ def shared_prefix_length(ids):
     return max(length, 0)
 
 
+def _window_too_short(config, ids):
+    """Under sliding-window attention (Mistral, Gemma-2) the pads between the cached prefix and a
+    row's suffix count as distance, so the cache is exact only when every row fits the window."""
+    window = getattr(config.get_text_config(), "sliding_window", None)
+    return bool(window) and max(len(s) for s in ids) > window
+
+
 class PrefixCache:
     """The KV cache of the prompt prefix every row shares, computed once per predict call."""
 
     def __init__(self, model, ids, enabled=True, left=True):
         self.left = left          # decoders pad on the left; encoders pool [CLS] and pad on the right
+        enabled = enabled and not _window_too_short(model.config, ids)
         self.length = shared_prefix_length(ids) if enabled and len(ids) > 1 else 0
         self.cache = None
         if self.length:

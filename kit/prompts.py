@@ -10,20 +10,57 @@ from dataclasses import dataclass
 from .errors import KitError
 
 _SENTINEL = "\u2063KIT_INPUT\u2063"
+_ANSWER = "\u2063KIT_ANSWER\u2063"
+
+
+def _apply(tokenizer, messages, generation_prompt):
+    # enable_thinking=False: Qwen3 then writes its empty think block into the prompt, so the
+    # answer slot is where the answer goes; other templates ignore the variable
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                         enable_thinking=False)
+
+
+def _assistant_turn(tokenizer, messages):
+    """How the template writes an answer after these messages: (what comes between the
+    generation prompt and the answer, e.g. GLM-4's newline; what closes the turn)."""
+    try:
+        prompt = _apply(tokenizer, messages, True)
+        full = _apply(tokenizer, messages + [{"role": "assistant", "content": _ANSWER}], False)
+    except Exception:  # templates raise their own error types
+        return "", ""
+    if not isinstance(full, str) or full.count(_ANSWER) != 1:
+        return "", ""
+    before, after = full.split(_ANSWER)
+    lead = before[len(prompt):] if before.startswith(prompt) else ""
+    return lead, after
 
 
 def _render(tokenizer, instruction):
-    """The chat template around a placeholder input; falls back when 'system' is refused."""
+    """The chat template around a placeholder input, with the instruction as the system message;
+    a template that refuses the system role (Gemma) or drops it (some Phi-3) gets the
+    instruction folded into the user turn instead."""
     attempts = [[{"role": "system", "content": instruction}, {"role": "user", "content": _SENTINEL}],
                 [{"role": "user", "content": f"{instruction}\n{_SENTINEL}"}]]
     for messages in attempts:
         try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = _apply(tokenizer, messages, True)
         except Exception:  # templates raise their own error types for unsupported roles
             continue
-        if isinstance(text, str) and text.count(_SENTINEL) == 1:
-            return text.split(_SENTINEL)
+        if isinstance(text, str) and text.count(_SENTINEL) == 1 and instruction in text:
+            prefix, tail = text.split(_SENTINEL)
+            return prefix, tail + _assistant_turn(tokenizer, messages)[0]
     return f"{instruction}\n", "\nAnswer: "   # a base model without a chat template
+
+
+def end_of_turn(tokenizer):
+    """The token that closes an assistant turn in this template (Gemma's <end_of_turn>, Phi-3's
+    <|end|>, ChatML's <|im_end|>), else the tokenizer's eos token."""
+    if getattr(tokenizer, "chat_template", None):
+        after = _assistant_turn(tokenizer, [{"role": "user", "content": "x"}])[1]
+        ids = tokenizer(after, add_special_tokens=False).input_ids if after else []
+        if ids and ids[0] in tokenizer.all_special_ids:
+            return ids[0]
+    return tokenizer.eos_token_id
 
 
 @dataclass
@@ -60,9 +97,10 @@ class PromptEncoder:
 
 
 def answer_ids(tokenizer, words):
-    """Token ids of each label word followed by end-of-turn; first tokens must differ, since
+    """Token ids of each label word followed by the turn's end; first tokens must differ, since
     constrained scoring compares the label words' first tokens in one forward pass."""
-    end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end = end_of_turn(tokenizer)
+    end = [end] if end is not None else []
     answers = [tokenizer(word, add_special_tokens=False).input_ids + end for word in words]
     firsts = [a[0] for a in answers]
     if len(set(firsts)) != len(firsts):

@@ -85,6 +85,18 @@ def available_memory_bytes():
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+class _PassThrough(torch.nn.Module):
+    """Stands in for a cached lower block: returns its input; keeps the block's attention type."""
+
+    def __init__(self, block):
+        super().__init__()
+        if hasattr(block, "attention_type"):
+            self.attention_type = block.attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
 class FrozenBottom:
     """When only the top blocks learn (LoRA on the top N layers), the lower blocks give the
     same output for a row in every epoch: compute it once, then train on the top blocks alone.
@@ -186,10 +198,13 @@ class FrozenBottom:
         return args, {**kwargs, "hidden_states": self.pending}
 
     def __enter__(self):
-        """Run only the top blocks, fed from the cache."""
+        """Run only the top blocks, fed from the cache. The lower blocks are replaced by
+        pass-throughs rather than removed: Gemma-2 and Qwen pick each block's attention mask
+        (sliding or full) by its position in the list."""
         if self.split:
             self.hook = self.blocks[self.split].register_forward_pre_hook(self._feed, with_kwargs=True)
-            setattr(self.backbone, self.attribute, torch.nn.ModuleList(list(self.blocks)[self.split:]))
+            skipped = [_PassThrough(block) for block in list(self.blocks)[:self.split]]
+            setattr(self.backbone, self.attribute, torch.nn.ModuleList(skipped + list(self.blocks)[self.split:]))
         return self
 
     def __exit__(self, *exc):

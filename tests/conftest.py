@@ -125,11 +125,13 @@ def _arch_config(kind):
     return getattr(transformers, f"{name}Config")(**common, **extra), getattr(transformers, f"{name}ForCausalLM")
 
 
-def _tiny_arch(kind, directory, tokenizer_dir):
+def _tiny_arch(kind, directory, tokenizer_dir, **overrides):
     import torch
     from transformers import AutoTokenizer
     torch.manual_seed(0)
     config, cls = _arch_config(kind)
+    for key, value in overrides.items():
+        setattr(config, key, value)
     model = cls(config)
     assert model.config.model_type == kind
     model.save_pretrained(directory)
@@ -139,11 +141,13 @@ def _tiny_arch(kind, directory, tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiny_arch(tmp_path_factory, smol_tokenizer_dir):
-    """kind -> the directory of a tiny random model of that family, built once per session."""
+    """(kind, **config overrides) -> the directory of a tiny random model of that family, built
+    once per session (say tiny_arch("gemma2", sliding_window=16): rows longer than the window)."""
     built = {}
 
-    def get(kind):
-        if kind not in built:
-            built[kind] = _tiny_arch(kind, tmp_path_factory.mktemp(f"tiny-{kind}"), smol_tokenizer_dir)
-        return built[kind]
+    def get(kind, **overrides):
+        key = (kind, tuple(sorted(overrides.items())))
+        if key not in built:
+            built[key] = _tiny_arch(kind, tmp_path_factory.mktemp(f"tiny-{kind}"), smol_tokenizer_dir, **overrides)
+        return built[key]
     return get

@@ -54,10 +54,7 @@ def test_heads_train_save_and_reload_identically(tiny_arch, toy, tmp_path, famil
     np.testing.assert_array_equal(before.probs, after.probs)
 
 
-@pytest.mark.parametrize("family", [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, raises=ValueError, reason="attention auto -> sdpa, which "
-                                            "Gemma2 refuses (_supports_sdpa = False); " "kit/ fix needed"))
-    if f == "gemma2" else f for f in ARCH_FAMILIES])
+@pytest.mark.parametrize("family", ARCH_FAMILIES)
 def test_default_attention_loads_every_family(tiny_arch, toy, family):
     spec = load_spec(toy)
     for head in HEADS:
@@ -128,6 +125,44 @@ def test_prefix_cache_gives_the_same_classify_probabilities(tiny_arch, toy, fami
     without = classify_proba(base, ids, pad, 8, False)
     assert np.all(np.isfinite(without))
     np.testing.assert_allclose(with_cache, without, atol=1e-5)
+
+
+# -- 2b/3b. rows longer than the sliding window -----------------------------------------------
+# Real Gemma-2 and Mistral-7B-v0.1 attend over a 4096-token window (Gemma-2's context is 8192);
+# a 16-token window makes the toy rows (33-36 tokens) longer than it.
+@pytest.mark.parametrize("family, lora_layers", [
+    ("mistral", 2), ("gemma2", 1), ("gemma2", 2),
+])
+def test_frozen_bottom_equals_the_full_pass_beyond_the_sliding_window(tiny_arch, toy, monkeypatch, caplog,
+                                                                       family, lora_layers):
+    spec, rows = spec_rows(toy)
+    path = tiny_arch(family, sliding_window=16)
+    monkeypatch.setattr(train, "round", lambda value, digits=None: value, raising=False)
+    logs = []
+    for frozen in (True, False):
+        real = train.fit
+        monkeypatch.setattr(train, "fit", lambda *a, **k: real(*a, **{**k, "frozen_bottom": frozen}))
+        args = ModelArgs(model=path, head="classify", lora_layers=lora_layers, attention=ATTENTION.get(family, "auto"))
+        logs.append(make_model(Task.from_spec(spec), args, TWO_EPOCHS).fit(rows).loss_log)
+        monkeypatch.setattr(train, "fit", real)
+    assert "frozen blocks" not in caplog.text
+    assert min(len(s) for s in make_model(Task.from_spec(spec), args, FAST).encode(rows)[0]) > 16
+    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "mistral"])
+def test_prefix_cache_gives_the_same_scores_beyond_the_sliding_window(tiny_arch, toy, family):
+    spec, rows = spec_rows(toy)
+    args = ModelArgs(model=tiny_arch(family, sliding_window=16), head="generate",
+                     attention=ATTENTION.get(family, "auto"))
+    model = make_model(Task.from_spec(spec), args, FAST)
+    ids, _ = model.encode(rows)
+    base = model._load_base().eval()
+    pad, firsts = model.tokenizer.pad_token_id, [a[0] for a in model.answers]
+    one_by_one = score_labels(base, ids, firsts, pad, 1, True)        # no padding: the cache is exact
+    np.testing.assert_allclose(one_by_one, score_labels(base, ids, firsts, pad, 1, False), atol=1e-5)
+    np.testing.assert_allclose(score_labels(base, ids, firsts, pad, 8, True),
+                               score_labels(base, ids, firsts, pad, 8, False), atol=1e-5)
 
 
 # -- 4. LoRA's default targets are the blocks' linear layers --------------------------------------
@@ -208,7 +243,8 @@ FORMATS = {   # name: (template, special tokens, bos, expected prompt, generatio
               f"<|im_start|>system\n{I}<|im_end|>\n<|im_start|>user\n{X}<|im_end|>\n<|im_start|>assistant\n"
               "<think>\n\n</think>\n\n", "<|im_start|>assistant\n<think>\n\n</think>\n\n"),
     "glm4": (GLM4, ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"], None,
-             f"[gMASK]<sop><|system|>\n{I}<|user|>\n{X}<|assistant|>", "<|assistant|>"),
+             # the answer slot is after the newline GLM-4 writes before every reply
+             f"[gMASK]<sop><|system|>\n{I}<|user|>\n{X}<|assistant|>\n", "<|assistant|>\n"),
     "llama3": (LLAMA3, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
                "<|begin_of_text|>",
                f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{I}<|eot_id|>"
@@ -224,13 +260,8 @@ FORMATS = {   # name: (template, special tokens, bos, expected prompt, generatio
     "phi3-no-system": (PHI3_NO_SYSTEM, ["<s>", "<|user|>", "<|assistant|>", "<|end|>"], "<s>",
                        f"<s><|user|>\n{I}\n{X}<|end|>\n<|assistant|>\n", "<|end|>\n<|assistant|>\n"),
 }
-KIT_FIX = "kit/ fix needed; see the reply to the lead"
 FORMAT_CASES = [
-    "chatml", "glm4", "llama3", "gemma", "mistral", "phi3",
-    pytest.param("qwen3", marks=pytest.mark.xfail(strict=True, reason="_render does not pass enable_thinking=False: "
-                                                  "the answer slot is where Qwen3 writes <think>; " + KIT_FIX)),
-    pytest.param("phi3-no-system", marks=pytest.mark.xfail(strict=True, reason="_render accepts a template that "
-                                                           "silently drops the system message; " + KIT_FIX)),
+    "chatml", "glm4", "llama3", "gemma", "mistral", "phi3", "qwen3", "phi3-no-system",
 ]
 
 
@@ -263,6 +294,20 @@ def test_chat_template_format_puts_the_answer_slot_where_the_model_writes(smol_t
     assert ids[-len(generation_ids):] == generation_ids  # the prompt ends at the answer slot
     assert encoder.tail[-len(generation_ids):] == generation_ids
     assert len(encoder.prefix) > 5 and ids[:len(encoder.prefix)] == encoder.prefix
+
+
+# the real tokenizers' eos_token, and the token the family closes the assistant's turn with
+END_OF_TURN = {"chatml": ("<|im_end|>", "<|im_end|>"), "llama3": ("<|eot_id|>", "<|eot_id|>"),
+               "mistral": ("</s>", "</s>"), "gemma": ("<eos>", "<end_of_turn>"), "phi3": ("<|endoftext|>", "<|end|>")}
+@pytest.mark.parametrize("fmt", ["chatml", "llama3", "mistral", "gemma", "phi3"])
+def test_generate_answers_end_with_the_familys_end_of_turn(smol_tokenizer_dir, fmt):
+    from kit.prompts import answer_ids
+    tokenizer = family_tokenizer(smol_tokenizer_dir, fmt)
+    eos, end = END_OF_TURN[fmt]
+    tokenizer.add_tokens([end], special_tokens=True)
+    tokenizer.add_special_tokens({"eos_token": eos})
+    for answer in answer_ids(tokenizer, ["0", "1"]):
+        assert answer[-1] == tokenizer.convert_tokens_to_ids(end), tokenizer.decode(answer)
 
 
 @pytest.mark.parametrize("family, fmt", [("qwen2", "chatml"), ("glm4", "glm4")])
@@ -306,3 +351,13 @@ def test_remote_code_model_is_refused_without_trust_remote_code(tmp_path, toy):
     with pytest.raises((KitError, ValueError), match="trust.remote.code") as caught:
         model.fit(rows)
     assert "chatglm" in str(caught.value).lower() or str(directory) in str(caught.value)
+
+
+def test_remote_code_refusal_is_a_one_line_kit_error(tmp_path, toy):
+    directory = tmp_path / "chatglm3-6b"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({
+        "model_type": "chatglm", "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig"}}))
+    spec, rows = spec_rows(toy)
+    with pytest.raises(KitError, match="--trust-remote-code"):
+        make_model(Task.from_spec(spec), ModelArgs(model=str(directory), head="generate"), FAST).fit(rows)

@@ -61,8 +61,9 @@ class ModelArgs:
     prefix_cache: bool = True
 
 
-# Settings that change how fast a model predicts, never what it learns: not part of a run's key.
-RUNTIME_ARGS_MODEL = ("predict_batch_size", "prefix_cache")
+# Settings that change how fast a model trains or predicts, never what it learns: not part of a
+# run's key (eager and SDPA attention compute the same function).
+RUNTIME_ARGS_MODEL = ("predict_batch_size", "prefix_cache", "attention")
 
 
 def _known(cls, values):

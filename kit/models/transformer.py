@@ -1,6 +1,7 @@
 """A transformers model with a generative head (answers the label word) or a classification
 head, fine-tuned with LoRA (or fully when lora_r == 0)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,25 @@ def _weights_dtype(precision, device, full_fine_tune):
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def _remote_code_guard(name, load, *args, **kwargs):
+    """transformers refuses a model that ships its own code with a long ValueError; say it in
+    one line, with the flag that allows it."""
+    try:
+        return load(*args, **kwargs)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise KitError(f"{name}: this model runs its own Python code (e.g. ChatGLM2/3); rerun with "
+                       "--trust-remote-code if you trust its source") from None
+
+
+def _supports_sdpa(config):
+    """Whether the architecture has an SDPA path (Gemma-2 does not: it soft-caps the logits)."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    return getattr(cls, "_supports_sdpa", True) if cls is not None else True
+
+
 class TransformerModel(Estimator):
     kind = "transformer"
 
@@ -57,7 +77,14 @@ class TransformerModel(Estimator):
         cuda = cuda_info()
         needs_shape = cuda is not None and self.args.gradient_checkpointing == "auto"
         shape = self._shape() if needs_shape else None
+        auto_attention = self.args.attention == "auto"
         self.args, lines = resolve(self.args, shape, cuda)
+        if auto_attention and self.args.attention == "sdpa":
+            self._prepare_text()
+            if not _supports_sdpa(self.config):
+                self.args = replace(self.args, attention="eager")
+                lines = [line.replace("sdpa attention", "eager attention (no SDPA path for this architecture)")
+                         for line in lines]
         if lines:
             log(f"plan ({cuda['name'] if cuda else 'cpu'}): " + "; ".join(lines))
         return self.args
@@ -92,12 +119,14 @@ class TransformerModel(Estimator):
         from ..predict import is_decoder
         _quiet_transformers()
         remote = self.trust_remote_code
-        config = AutoConfig.from_pretrained(self.path, trust_remote_code=remote)
+        config = _remote_code_guard(self.args.model, AutoConfig.from_pretrained, self.path, trust_remote_code=remote)
         self.decoder = is_decoder(config)
         if not self.decoder and self.args.head == "generate":
             raise KitError(f"{self.args.model}: an encoder ({config.model_type}) has no generative head; "
                            "use --head classify")
-        tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=remote)
+        tokenizer = _remote_code_guard(self.args.model, AutoTokenizer.from_pretrained, self.path,
+                                       trust_remote_code=remote)
+        self.config = config
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
