@@ -1,5 +1,6 @@
 """The command line: `python -m kit prepare | train | predict | cv | score | check | bench`."""
 import functools
+import logging
 import sys
 import time
 from dataclasses import fields
@@ -128,6 +129,13 @@ def _load(spec_path, max_length=None):
     return spec
 
 
+def _say(text=""):
+    """Command output, printed once: by rank 0 when several ranks run the command."""
+    from . import dist
+    if dist.is_main():
+        click.echo(text)
+
+
 def _friendly(command):
     """KitError -> one line and exit 2; Ctrl-C -> exit 130; tracebacks only with --debug."""
     @functools.wraps(command)
@@ -158,8 +166,10 @@ def main(debug):
       python -m kit train                  fine-tune on all of train.csv -> runs/<name>/
       python -m kit predict --split testB  -> submissions/submit.csv
     """
+    from . import dist
     from .logs import setup
-    setup()
+    setup(logging.INFO if dist.is_main() else logging.WARNING)
+    dist.init()          # under torchrun / accelerate launch: join the ranks' process group
 
 
 @main.command()
@@ -170,7 +180,7 @@ def prepare(spec_path, out):
     """Write the instruction data (Alpaca JSON, chat JSONL, dataset_info.json)."""
     from .data import prepare as write_prepared
     result = write_prepared(_load(spec_path), out)
-    click.echo(f"prepared {result['rows']} rows: {result['alpaca']}, {result['messages']}, {result['dataset_info']}")
+    _say(f"prepared {result['rows']} rows: {result['alpaca']}, {result['messages']}, {result['dataset_info']}")
 
 
 @main.command()
@@ -187,13 +197,15 @@ def train(spec_path, name, resume, trust_remote_code, overwrite, **options):
     directory, stats = train_run(_load(spec_path, max_length), model_args, train_args, name, resume, overwrite,
                                  trust_remote_code)
     loss = f"; final loss {stats['final_loss']}" if stats["final_loss"] is not None else ""
-    click.echo(f"trained {directory} in {stats['train_seconds']} s{loss}")
+    _say(f"trained {directory} in {stats['train_seconds']} s{loss}")
 
 
 @main.command()
 @_spec_option
 @click.option("--split", default="test", show_default=True, help="A split named in the spec's [splits].")
-@click.option("--run", default=None, help="Run folder name or path (default: the latest run trained on this spec).")
+@click.option("--run", "--run-name", "run", default=None,
+              help="Run folder name or path (default: the latest run trained on this spec). Under torchrun, "
+                   "write --run-name: torchrun reads --run as its own --run-path.")
 @click.option("--mode", type=click.Choice(["score", "generate"]), default="score", show_default=True,
               help="score: label probabilities from one forward pass; generate: greedy answer, strict "
                    "parse, rows that do not parse fall back to scoring (counted).")
@@ -207,14 +219,17 @@ def train(spec_path, name, resume, trust_remote_code, overwrite, **options):
 def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code):
     """Predict a split and write a validated submission."""
     from .pipeline import predict_split
-    path, pred_path, stats = predict_split(_load(spec_path), split, run, mode, threshold, out,
-                                           allow_spec_change=allow_spec_change, trust_remote_code=trust_remote_code)
+    result = predict_split(_load(spec_path), split, run, mode, threshold, out,
+                           allow_spec_change=allow_spec_change, trust_remote_code=trust_remote_code)
+    if result is None:                      # not rank 0: rank 0 wrote the submission
+        return
+    path, pred_path, stats = result
     decided = ", ".join(f"{k}: {v}" for k, v in stats["decided"].items())
-    click.echo(f"predicted {stats['rows']} rows of {split} in {stats['seconds']} s ({stats['rows_per_s']} rows/s,"
+    _say(f"predicted {stats['rows']} rows of {split} in {stats['seconds']} s ({stats['rows_per_s']} rows/s,"
                f" {stats.get('mean_tokens', '-')} tokens per row, {stats.get('truncated_rows', 0)} truncated); "
                f"decided by {decided}; {stats.get('fallback_rows', 0)} fell back")
-    click.echo(f"per-row predictions: {pred_path}")
-    click.echo(f"submission: {path}")
+    _say(f"per-row predictions: {pred_path}")
+    _say(f"submission: {path}")
 
 
 @main.command()
@@ -256,18 +271,22 @@ def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, tru
     results = []
     for config_name, s, m, t in configs:
         scores = cross_validate(s, m, t, folds, holdout, fold_seed, mode, config_name, overwrite, trust_remote_code)
-        click.echo(format_scores(scores, spec) + "\n")
+        if scores is None:                  # not rank 0: its folds are in rank 0's results
+            continue
+        _say(format_scores(scores, spec) + "\n")
         results.append(scores)
+    if not results:
+        return
     summary = table(results, spec)
     baseline = next((s for s in results if s["config"]["model"] == TFIDF), None)
-    click.echo(summary)
+    _say(summary)
     if baseline and len(results) > 1:
-        click.echo(verdict(results, baseline, spec))
+        _say(verdict(results, baseline, spec))
     if len(results) > 1:
         stem = Path(sweep).stem if sweep else f"{spec.name}-compare"
         write_text(RUNS / f"{stem}-table.md", summary + "\n")
         write_json(RUNS / f"{stem}-table.json", results)
-        click.echo(f"table saved: {RUNS / f'{stem}-table.md'}")
+        _say(f"table saved: {RUNS / f'{stem}-table.md'}")
 
 
 @main.command()
@@ -289,7 +308,7 @@ def score(spec_path, pred, split, truth):
             raise KitError(f"{spec.path}: no [answers] entry for split {split!r}; "
                            f"it has {sorted(spec.answers) or 'none'}; or pass --truth FILE")
         truth = spec.answers[split]
-    click.echo(format_report(score_file(spec, pred, truth), spec.labels))
+    _say(format_report(score_file(spec, pred, truth), spec.labels))
 
 
 @main.command()
@@ -301,7 +320,7 @@ def check(spec_path, submission, split):
     """Validate the spec and every file it names (and optionally a submission), without training."""
     from .check import check_all
     for line in check_all(_load(spec_path), submission, split):
-        click.echo(line)
+        _say(line)
 
 
 @main.command()
@@ -318,12 +337,14 @@ def bench(data, rows, train_steps, model, quick, out):
     from .bench import run_bench
     started = time.time()
     run_bench(data, rows, train_steps, model, quick, out)
-    click.echo(f"bench done in {time.time() - started:.0f} s")
+    _say(f"bench done in {time.time() - started:.0f} s")
 
 
 def _register_extra_commands():
     from .bench_gpu import bench_gpu
+    from .export import export
     main.add_command(bench_gpu)
+    main.add_command(export)
 
 
 _register_extra_commands()

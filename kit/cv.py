@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from . import dist
 from .data import atomic_write, load_rows, write_json
 from .errors import KitError
 from .logs import log
@@ -102,16 +103,23 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     model_args = encoder.resolve_args()    # `auto` -> this device's values, part of the run's key
     run = open_run(spec, model_args, train_args, name, overwrite, runs)
     key = fingerprint(run.key, fold.tolist(), mode)
-    make = lambda: make_model(task, model_args, train_args, trust_remote_code)   # noqa: E731
+    def make():
+        model = make_model(task, model_args, train_args, trust_remote_code)
+        model.data_parallel = False      # under N ranks, each rank fits whole folds of its own
+        return model
     encoded = encoder.encode(rows) if hasattr(encoder, "encode") else None   # once, for every fold
     if encoded:
         log(f"cv: {encoded[1]['rows']} rows tokenised once, {encoded[1]['mean_tokens']} tokens per row, "
             f"{encoded[1]['truncated_rows']} truncated to {task.max_length}")
     numbers = sorted(set(fold.tolist()) - {-1})
     results = []
-    for number in numbers:
+    # N ranks (torchrun / accelerate launch): folds side by side, fold k on rank k mod N
+    for number in numbers[dist.rank()::dist.world_size()]:
         log(f"cv: fold {number + 1} of {len(numbers)} ({run.name})")
         results.append(_run_fold(make, rows, encoded, fold, number, mode, run, key))
+    results = sorted((r for part in dist.gather(results) for r in part), key=lambda r: r["fold"])
+    if not dist.is_main():
+        return None
     scores = summarise(spec, rows, fold, results, run)
     scores["wall_seconds"] = round(time.time() - started, 1)
     scores["run_key"], scores["cv_key"] = run.key, key

@@ -17,3 +17,6 @@ def setup(level=logging.INFO):
         handler._kit = True
         logger.addHandler(handler)
     logger.setLevel(level)
+
+# bitsandbytes warns at import, on every run, that an optional CPU kernel package is missing
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

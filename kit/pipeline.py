@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import submit
+from . import dist, submit
 from .data import atomic_write, load_rows, read_csv, write_json
 from .errors import KitError
 from .logs import log
@@ -46,9 +46,14 @@ def train_run(spec, model_args, train_args, name=None, resume=False, overwrite=F
     model = make_model(Task.from_spec(spec), model_args, train_args, trust_remote_code)
     model_args = model.resolve_args()      # `auto` -> this device's values, part of the run's key
     run = open_run(spec, model_args, train_args, name, overwrite, runs)
-    run.clear_predict_progress()
-    log(f"train: {len(rows)} rows, model {model_args.model}, head {model_args.head}, run {run.directory}")
+    if dist.is_main():
+        run.clear_predict_progress()
+    ranks = f" on {dist.world_size()} ranks ({dist.backend()})" if dist.active() else ""
+    log(f"train: {len(rows)} rows, model {model_args.model}, head {model_args.head}, run {run.directory}{ranks}")
     stats = fit_timed(model, rows, checkpoint=run.checkpoint, resume=resume, checkpoint_key=run.key)
+    stats["world_size"] = dist.world_size()
+    if not dist.is_main():           # rank 0 writes the model; the others are done
+        return run.directory, stats
     staging = run.directory / "model.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     model.save(staging)
@@ -80,6 +85,39 @@ def predict_resumable(model, rows, mode, progress_file=None, chunk=None):
         if progress_file:
             write_json(progress_file, {"key": key, "chunks": done})
     return _join_chunks([done[str(s)] for s in range(0, len(rows), chunk)])
+
+
+def _predict_rows(model, rows, mode, progress_file):
+    """One process: resumable chunks. N ranks: rank r predicts rows r, r+N, ...; rank 0 gathers
+    them back into the original order (the other ranks get None)."""
+    if not dist.active():
+        return predict_resumable(model, rows, mode, progress_file)
+    mine = list(range(dist.rank(), len(rows), dist.world_size()))
+    shards = dist.gather((mine, model.predict(rows.subset(mine), mode)))
+    return _merge_shards(shards, len(rows)) if dist.is_main() else None
+
+
+def _merge_shards(shards, n):
+    first = shards[0][1]
+    probs = np.zeros((n, first.probs.shape[1]))
+    decided, answers = [None] * n, None if first.answers is None else [None] * n
+    parsed = None if first.parsed is None else np.full(n, -1)
+    stats = {}
+    for index, part in shards:
+        probs[index] = part.probs
+        for j, i in enumerate(index):
+            decided[i] = part.decided[j]
+            if answers is not None:
+                answers[i] = part.answers[j]
+        if parsed is not None:
+            parsed[index] = part.parsed
+        for key in ("rows", "truncated_rows", "fallback_rows"):
+            if key in part.stats:
+                stats[key] = stats.get(key, 0) + part.stats[key]
+    if "mean_tokens" in first.stats:
+        stats["mean_tokens"] = round(sum(p.stats["mean_tokens"] * p.stats["rows"] for _, p in shards)
+                                     / max(1, stats["rows"]), 1)
+    return Prediction(probs, decided, answers, parsed, stats)
 
 
 def _read_progress(progress_file, key):
@@ -154,8 +192,10 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     model = load_model(run.model_dir, trust_remote_code)
     log(f"predict: {split} ({len(rows)} rows) with run {run.directory}")
     start = time.time()
-    prediction = predict_resumable(model, rows, mode, run.predict_progress(split, mode))
+    prediction = _predict_rows(model, rows, mode, run.predict_progress(split, mode))
     seconds = time.time() - start
+    if prediction is None:           # another rank: rank 0 gathered its rows and writes
+        return None
     labels = decide(prediction.probs, prediction.parsed, cut if cut is not None else 0.5, positive=1)
     table = predictions_frame(spec, rows.ids, prediction, labels)
     submission = submit.build(spec, frame, rows.ids, [spec.labels[i] for i in labels], spec.split_path(split))

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from . import dist
 from .data import write_json, write_text
 from .errors import KitError
 from .logs import log
@@ -62,7 +63,7 @@ def effective_config(spec, model_args, train_args):
     return {"key": key, "spec": {"path": str(Path(spec.path).resolve()), "name": spec.name,
                                  "fingerprint": spec.fingerprint(), "resolved": spec.describe()},
             "model": asdict(model_args), "train": asdict(train_args), "base_model": base, "data": data,
-            "versions": library_versions(), "device": device_name(), "world_size": 1,
+            "versions": library_versions(), "device": device_name(), "world_size": dist.world_size(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -144,20 +145,27 @@ def open_run(spec, model_args, train_args, name=None, overwrite=False, runs=RUNS
     config = effective_config(spec, model_args, train_args)
     directory = Path(runs) / (name or default_name(spec, model_args, config["key"]))
     existing = directory / CONFIG
+    # every rank checks (so every rank raises the same error); rank 0 alone writes
     if existing.exists():
         old = read_config(directory)
         if old.get("key") == config["key"]:
+            dist.barrier()
             return Run(directory, old)
         if not overwrite:
             raise KitError(f"run {directory} was made with other settings ({_differences(old, config)}); "
                            "pass another --name, or --overwrite to replace it")
-        log(f"run {directory}: replacing a run made with other settings")
-        shutil.rmtree(directory)
-    elif directory.exists() and any(directory.iterdir()):
-        if not overwrite:
+        replace = True
+    else:
+        replace = directory.exists() and any(directory.iterdir())
+        if replace and not overwrite:
             raise KitError(f"{directory} exists and is not a kit run folder; pass another --name")
-        shutil.rmtree(directory)
-    _write_config(directory, config, spec)
+    dist.barrier()
+    if dist.is_main():
+        if replace:
+            log(f"run {directory}: replacing it (--overwrite)")
+            shutil.rmtree(directory)
+        _write_config(directory, config, spec)
+    dist.barrier()
     return Run(directory, config)
 
 

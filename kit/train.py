@@ -217,11 +217,17 @@ class FrozenBottom:
 class AnswerLoss(torch.nn.Module):
     """Generative head: cross-entropy on the answer tokens only. The rows end with their answers
     (left padding): only the positions that predict answer tokens go through the (large) output
-    layer. The loss is this module's forward, so a DistributedDataParallel wrapper sees it."""
+    layer. The loss is this module's forward, so a DistributedDataParallel wrapper sees it.
+    forward returns the SUM over the batch's answer tokens; fit divides by `weight` of the
+    whole global batch, so ranks that each hold a share give exactly the one-process mean."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+
+    @staticmethod
+    def weight(answers):
+        return sum(len(a) for a in answers)
 
     def forward(self, inputs, answers):
         hidden = backbone_of(self.model)(**inputs).last_hidden_state
@@ -232,7 +238,7 @@ class AnswerLoss(torch.nn.Module):
             positions += list(range(width - len(answer) - 1, width - 1))
             labels += answer
         logits = self.model.get_output_embeddings()(hidden[rows, positions])
-        return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device))
+        return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device), reduction="sum")
 
 
 class ClassifyLoss(torch.nn.Module):
@@ -242,9 +248,15 @@ class ClassifyLoss(torch.nn.Module):
         super().__init__()
         self.model, self.weights = model, weights
 
+    def weight(self, labels):
+        """What the weighted mean divides by: the rows' class weights (the row count without)."""
+        return float(sum(self.weights[y] for y in labels)) if self.weights is not None else len(labels)
+
     def forward(self, inputs, labels):
+        """The sum of the rows' (weighted) losses; see AnswerLoss."""
         logits = self.model(**inputs).logits
-        return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device), weight=self.weights)
+        return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device), weight=self.weights,
+                               reduction="sum")
 
 
 def trainable_parameters(model):
@@ -315,14 +327,22 @@ def autocast_and_scaler(precision, device_type):
 
 
 def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc="train",
-        left_pad=True, frozen_bottom=True, checkpoint_key=None, precision="fp32"):
+        left_pad=True, frozen_bottom=True, checkpoint_key=None, precision="fp32", data_parallel=True):
     """Train the trainable parameters of module.model on token sequences; returns the per-step
-    loss log. module(inputs, targets_of_batch) -> scalar loss (AnswerLoss, ClassifyLoss).
-    A checkpoint is resumed only when it carries checkpoint_key (the run's configuration)."""
+    loss log. module(inputs, targets_of_batch) -> summed loss (AnswerLoss, ClassifyLoss).
+    A checkpoint is resumed only when it carries checkpoint_key (the run's configuration).
+    Under torchrun / accelerate launch (and data_parallel) each rank takes its share of every
+    global batch and DistributedDataParallel all-reduces the gradients."""
     from transformers import get_linear_schedule_with_warmup
+    from . import dist
     model = module.model
     torch.manual_seed(args.seed)
     trainable = trainable_parameters(module)
+    ranks, rank = (dist.world_size(), dist.rank()) if data_parallel and dist.active() else (1, 0)
+    if ranks > 1:
+        for parameter in trainable.values():     # every rank starts from rank 0's trained weights
+            torch.distributed.broadcast(parameter.data, 0)
+    net = dist.wrap(module) if ranks > 1 else module
     params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps = total_steps(len(ids), args)
@@ -345,7 +365,7 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
     per_epoch = len(length_grouped_batches(lengths, args.batch_size, args.seed, 0))
     micro = step * args.grad_accum           # micro-batches already consumed
     module.train()
-    bar = tqdm(total=steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=step, desc=desc, unit="step", dynamic_ncols=True, disable=rank != 0)
     with bottom if bottom is not None else contextlib.nullcontext():
         while step < steps:
             running = 0.0
@@ -354,10 +374,17 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
                 if epoch not in schedule:
                     schedule = {epoch: length_grouped_batches(lengths, args.batch_size, args.seed, epoch)}
                 rows = schedule[epoch][index]
+                total = module.weight([targets[i] for i in rows])   # of the whole global batch
+                share = rows[rank::ranks] or rows[:1]     # an empty share still joins the all-reduce
                 with autocast():
-                    loss = module(make_inputs(rows), [targets[i] for i in rows]) / args.grad_accum
+                    summed = net(make_inputs(share), [targets[i] for i in share])
+                    if not rows[rank::ranks]:
+                        summed = summed * 0.0
+                # DDP averages gradients over ranks: scale so the average is the global mean
+                loss = summed * ranks / (total * args.grad_accum)
                 (scaler.scale(loss) if scaler else loss).backward()
-                running += loss.item()
+                running += float(dist.all_reduce_sum(summed.detach().float().clone())) / (total * args.grad_accum) \
+                    if ranks > 1 else loss.item()
                 micro += 1
             if scaler:
                 scaler.unscale_(optimizer)          # clip the true gradients, not the scaled ones
@@ -374,7 +401,9 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(loss_log[-20:]):.4f}")
             if checkpoint and args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-                save_checkpoint(checkpoint, key, trainable, optimizer, scheduler, step, loss_log, scaler)
+                if rank == 0:                      # one writer; every rank resumes from its file
+                    save_checkpoint(checkpoint, key, trainable, optimizer, scheduler, step, loss_log, scaler)
+                dist.barrier()
     bar.close()
     model.eval()
     return loss_log

@@ -76,6 +76,7 @@ def _known(cls, values):
 class Estimator:
     """Base class: holds the task and arguments, checks fitted-ness, writes the model file."""
     kind = None
+    data_parallel = True      # under several ranks, fit shares each batch (False: this rank alone)
 
     def __init__(self, task, args=None, train_args=None, trust_remote_code=False):
         from ..train import TrainArgs

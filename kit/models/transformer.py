@@ -231,7 +231,8 @@ class TransformerModel(Estimator):
             module = train.ClassifyLoss(model, weights)
         self.loss_log = train.fit(module, sequences, targets, self.tokenizer.pad_token_id, self.train_args,
                                   checkpoint=checkpoint, resume=resume, left_pad=self.decoder,
-                                  checkpoint_key=checkpoint_key, precision=self.args.precision)
+                                  checkpoint_key=checkpoint_key, precision=self.args.precision,
+                                  data_parallel=self.data_parallel)
         self.model = model.eval()
         self.train_stats = stats
         self._fitted_now()

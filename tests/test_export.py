@@ -1,0 +1,187 @@
+"""`kit export`: a trained run as a plain transformers directory. The export is loaded with plain
+transformers only (no kit, no peft), the prompts are rebuilt from kit_export.json, and the
+probabilities must equal the kit's own predictions."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import write_toy_competition
+from kit.data import Rows, load_rows
+from kit.errors import KitError
+from kit.export import EXPORT_FILE, export, export_run
+from kit.models import ModelArgs, load_model
+from kit.pipeline import train_run
+from kit.runs import open_run
+from kit.spec import load_spec
+from kit.train import TrainArgs
+
+FAST = TrainArgs(max_steps=2, batch_size=8, lr=5e-3, checkpoint_every=0)
+LONG = " ".join(f"word{i} the cat and the dog" for i in range(40))     # longer than max_length: cut
+
+
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export-toy")
+    return folder, load_spec(write_toy_competition(folder))
+
+
+@pytest.fixture(scope="module")
+def trained(competition):
+    """(model, head, lora_r) -> the run folder, trained once per module."""
+    folder, spec = competition
+    built = {}
+
+    def get(model, head, lora_r=16):
+        if (model, head, lora_r) not in built:
+            directory, _ = train_run(spec, ModelArgs(model=model, head=head, lora_r=lora_r), FAST,
+                                     runs=folder / "runs")
+            built[model, head, lora_r] = Path(directory)
+        return built[model, head, lora_r]
+    return get
+
+
+def plain_probs(out, texts):
+    """What a client does with plain transformers: prefix + cut input + tail, one forward per row."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    info = json.loads((Path(out) / EXPORT_FILE).read_text())
+    prompt, classify = info["prompt"], info["task"]["head"] == "classify"
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = (AutoModelForSequenceClassification if classify else AutoModelForCausalLM).from_pretrained(out).eval()
+    probs = []
+    for text in texts:
+        body = tokenizer(text, add_special_tokens=False).input_ids[:prompt["input_room"]]
+        ids = prompt["prefix_ids"] + body + prompt["tail_ids"]
+        assert len(ids) <= info["task"]["max_length"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits.float()
+        if classify:
+            probs.append(torch.softmax(logits[0], -1).numpy())
+        else:
+            firsts = [a["first_token_id"] for a in info["generate"]["answers"]]
+            probs.append(torch.softmax(logits[0, -1, firsts], -1).numpy())
+    return np.array(probs), model, tokenizer, info
+
+
+def rows_with_a_long_one(spec):
+    rows = load_rows(spec, "test")[0]
+    return Rows(ids=list(rows.ids) + ["long"], texts=list(rows.texts) + [LONG])
+
+
+@pytest.mark.parametrize("which, head", [("tiny_llama", "classify"), ("tiny_llama", "generate"),
+                                         ("tiny_qwen2", "classify")])
+def test_export_loads_in_plain_transformers_with_the_kits_probabilities(request, competition, trained, tmp_path,
+                                                                       which, head):
+    folder, spec = competition
+    run = trained(request.getfixturevalue(which), head)
+    out = tmp_path / "export"
+    export_run(spec, out, run=run.name, runs=folder / "runs")
+    rows = rows_with_a_long_one(spec)
+    kit = load_model(run / "model").predict(rows).probs
+    probs, model, tokenizer, info = plain_probs(out, rows.texts)
+    difference = float(np.abs(probs - kit).max())
+    print(f"{which} {head}: max |export - kit| = {difference:.2e}")
+    assert difference < 1e-4
+    # a plain model directory: merged safetensors weights, no adapter, fp32 as the CPU run trained
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert info["run"]["merged"] and info["task"]["labels"] == ["0", "1"]
+    readme = (out / "README.md").read_text()
+    assert info["prompt"]["template"] in readme and "{input}" in info["prompt"]["template"]
+    assert spec.instruction in info["prompt"]["template"] and "vLLM was NOT run" in readme
+    assert tokenizer.chat_template and tokenizer.pad_token_id == model.config.pad_token_id
+    if head == "classify":
+        assert model.config.architectures[0].endswith("ForSequenceClassification")
+        assert model.config.num_labels == 2 and model.config.id2label == {0: "0", 1: "1"}
+        assert model.config.label2id == {"0": 0, "1": 1}
+        assert "--runner pooling --convert classify" in info["serve"]["merged"]
+    else:
+        assert model.config.architectures[0].endswith("ForCausalLM")
+        for answer in info["generate"]["answers"]:
+            assert f"word `{answer['word']}`" in readme and str(answer["first_token_id"]) in readme
+        assert "--enable-lora --lora-modules" in info["serve"]["adapter"]
+        assert str((run / "model" / "adapter").resolve()) in info["serve"]["adapter"]
+        # the LoRA really was merged: the export is not the base model
+        base = plain_probs_of_base(request.getfixturevalue(which), info, tokenizer, rows.texts)
+        assert np.abs(base - probs).max() > 1e-6
+
+
+def plain_probs_of_base(base_path, info, tokenizer, texts):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(base_path).eval()
+    firsts = [a["first_token_id"] for a in info["generate"]["answers"]]
+    prompt, probs = info["prompt"], []
+    for text in texts:
+        ids = prompt["prefix_ids"] + tokenizer(text, add_special_tokens=False).input_ids[:prompt["input_room"]] \
+            + prompt["tail_ids"]
+        with torch.no_grad():
+            probs.append(torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1, firsts], -1).numpy())
+    return np.array(probs)
+
+
+def test_full_fine_tune_exports_too(competition, trained, tiny_llama, tmp_path):
+    folder, spec = competition
+    run = trained(tiny_llama, "classify", lora_r=0)
+    out = tmp_path / "full"
+    info = export_run(spec, out, run=run.name, runs=folder / "runs")
+    assert not info["run"]["merged"] and "adapter" not in info["serve"]
+    rows = rows_with_a_long_one(spec)
+    probs = plain_probs(out, rows.texts)[0]
+    assert np.abs(probs - load_model(run / "model").predict(rows).probs).max() < 1e-4
+
+
+def test_tfidf_and_untrained_runs_are_refused(competition, tiny_llama, tmp_path):
+    folder, spec = competition
+    directory, _ = train_run(spec, ModelArgs(model="tfidf"), FAST, runs=folder / "runs")
+    with pytest.raises(KitError, match="tfidf model has no weights a serving engine loads"):
+        export_run(spec, tmp_path / "out", run=Path(directory).name, runs=folder / "runs")
+    open_run(spec, ModelArgs(model=tiny_llama, lora_r=4), FAST, name="untrained", runs=folder / "runs")
+    with pytest.raises(KitError, match="no trained model"):
+        export_run(spec, tmp_path / "out", run="untrained", runs=folder / "runs")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_needs_force_and_a_crash_leaves_the_old_export(competition, trained, tiny_llama, tmp_path,
+                                                                    monkeypatch):
+    folder, spec = competition
+    run, runs = trained(tiny_llama, "classify"), folder / "runs"
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me")
+    with pytest.raises(KitError, match="not empty; pass --force"):
+        export_run(spec, out, run=run.name, runs=runs)
+    with pytest.raises(KitError, match="overlaps the run folder"):
+        export_run(spec, run / "export", run=run.name, runs=runs, force=True)
+
+    def crash(*args):
+        raise RuntimeError("disk full")
+    with monkeypatch.context() as patch:
+        patch.setattr("kit.export._check_tokenizer", crash)
+        with pytest.raises(RuntimeError, match="disk full"):
+            export_run(spec, out, run=run.name, runs=runs, force=True)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]          # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]       # no half export beside it
+    export_run(spec, out, run=run.name, runs=runs, force=True)
+    assert not (out / "old.txt").exists() and (out / EXPORT_FILE).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+    (tmp_path / "empty").mkdir()                                    # an empty folder needs no --force
+    export_run(spec, tmp_path / "empty", run=run.name, runs=runs)
+
+
+def test_the_command_prints_the_vllm_commands(competition, trained, tiny_llama, tmp_path, monkeypatch):
+    folder, spec = competition
+    run = trained(tiny_llama, "generate")
+    monkeypatch.chdir(folder)                                       # runs/ is the default folder
+    out = tmp_path / "served"
+    result = CliRunner().invoke(export, ["--spec", str(spec.path), "--out", str(out), "--run", run.name])
+    assert result.exit_code == 0, result.output
+    print(result.output)
+    assert f"vllm serve {out.resolve()}" in result.output
+    assert f"--enable-lora --lora-modules {run.name}={(run / 'model' / 'adapter').resolve()}" in result.output
+    again = CliRunner().invoke(export, ["--spec", str(spec.path), "--out", str(out), "--run", run.name])
+    assert again.exit_code == 2 and "--force" in again.output
+    missing = CliRunner().invoke(export, ["--spec", str(spec.path), "--out", str(tmp_path / "t"), "--run", "nope"])
+    assert missing.exit_code == 2 and "no such run folder" in missing.output
