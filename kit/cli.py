@@ -343,8 +343,9 @@ def bench(data, rows, train_steps, model, quick, out):
 def _register_extra_commands():
     from .bench_gpu import bench_gpu
     from .export import export
-    main.add_command(bench_gpu)
-    main.add_command(export)
+    from .serve import serve
+    for command in (bench_gpu, export, serve):
+        main.add_command(command)
 
 
 _register_extra_commands()

@@ -14,6 +14,7 @@ from .parse import parse_answer
 from .train import pad_batch
 
 SCORE, GENERATE, FALLBACK = "score", "generate", "fallback"
+PROGRESS = True      # per-batch progress bars (kit serve turns them off: one bar per request is noise)
 
 
 def batches_by_length(ids, batch_size, sort=True):
@@ -69,7 +70,8 @@ def _run_batches(ids, batch_size, desc, forward, sort=True):
     """Call forward(index, rows) per length-sorted batch; gather its (n, K) outputs in row order."""
     out = None
     with torch.no_grad():
-        for index in tqdm(batches_by_length(ids, batch_size, sort), desc=desc, unit="batch", dynamic_ncols=True):
+        for index in tqdm(batches_by_length(ids, batch_size, sort), desc=desc, unit="batch", dynamic_ncols=True,
+                          disable=not PROGRESS):
             values = forward(index, [ids[i] for i in index])
             if out is None:
                 out = np.zeros((len(ids), values.shape[1]), dtype=np.float64)
@@ -120,7 +122,8 @@ def generate_labels(model, tokenizer, ids, answers, words, pad_id, batch_size=32
     n = len(ids)
     probs, parsed, raw = np.zeros((n, len(answers))), np.full(n, -1), [""] * n
     with torch.no_grad():
-        for index in tqdm(batches_by_length(ids, batch_size), desc="generate", unit="batch", dynamic_ncols=True):
+        for index in tqdm(batches_by_length(ids, batch_size), desc="generate", unit="batch", dynamic_ncols=True,
+                          disable=not PROGRESS):
             batch = pad_batch([ids[i] for i in index], pad_id, True, model.device)
             input_ids, mask = batch["input_ids"], batch["attention_mask"]
             out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,

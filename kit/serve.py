@@ -345,6 +345,17 @@ async def _read_body(receive, limit):
             return b"".join(chunks), True
 
 
+async def _drain(receive, limit):
+    """Read and drop a body's rest, up to `limit` bytes; True when the client has sent it all."""
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return True
+        size += len(message.get("body", b""))
+    return False
+
+
 def _replay(body, receive):
     """A receive() that gives the buffered body once, then defers to the server's."""
     sent = False
@@ -359,9 +370,9 @@ def _replay(body, receive):
 
 
 class Guard:
-    """Outermost layer: 401 without the right bearer token, 413 for a body over MAX_BODY (by its
-    Content-Length, or by counting when it is chunked); the body is buffered here, so FastAPI never
-    reads more than the cap."""
+    """Before any route or parsing: 401 without the right bearer token, 413 for a body over
+    MAX_BODY (by its Content-Length, or by counting when it is chunked). The body is buffered
+    here, so FastAPI never sees more than the cap."""
 
     def __init__(self, app, api_key=None, max_body=MAX_BODY):
         self.app, self.api_key, self.max_body = app, api_key, max_body
@@ -389,7 +400,7 @@ async def _refuse(scope, receive, send, status, message, code, headers=None, fin
     would see a broken pipe instead of this answer."""
     from starlette.responses import JSONResponse
     if not finished and (_content_length(scope) or 0) <= DRAIN_LIMIT:
-        body, finished = await _read_body(receive, DRAIN_LIMIT)
+        finished = await _drain(receive, DRAIN_LIMIT)
     if not finished:                 # too much to read: say so, and let the server close
         headers = {**(headers or {}), "Connection": "close"}
     response = JSONResponse(error_body(status, message, code=code), status_code=status, headers=headers)
@@ -533,12 +544,23 @@ def _add_error_handlers(app):
 # -- the command -----------------------------------------------------------------------------------
 
 def bind(host, port):
-    """A listening socket, made before the model loads so that a taken port fails at once."""
+    """A listening socket, made before the model loads so that a taken port fails at once. Its
+    protocol is named (IPPROTO_TCP, not 0): asyncio turns Nagle's algorithm off only on sockets
+    that say they are TCP, and with it on, every response waits ~40 ms for a delayed ACK."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             proto=socket.IPPROTO_TCP)[0]
+        sock = socket.socket(family, kind, proto)
     except OSError as error:
+        raise KitError(f"--host {host}: cannot listen there: {error.strerror or error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # restart at once after a stop
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
         raise KitError(f"--host {host} --port {port}: cannot listen there: {error.strerror or error}") from None
+    return sock
 
 
 def is_loopback(host):
@@ -602,6 +624,8 @@ def serve(spec_path, run_name, host, port, api_key, batch_window_ms, max_batch, 
     run = trained_run(spec, run_name, allow_spec_change)
     sock = bind(host, port)
     model = load_model(run.model_dir, trust_remote_code)       # once, before the first request
+    from . import predict
+    predict.PROGRESS = False                                   # no progress bar per request
     app = create_app(model, run.name, spec.labels, api_key, batch_window_ms, max_batch, mode)
     shown = f"[{host}]" if ":" in host else host
     log(f"serve: run {run.name} at http://{shown}:{sock.getsockname()[1]}/v1 "
