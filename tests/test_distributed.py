@@ -117,3 +117,17 @@ def test_a_killed_two_rank_training_resumes_to_the_same_adapter(competition):
     out = kit(root, *long, "--name", "killed", "--resume", ranks=2)
     assert "resuming at step" in out.stderr
     assert max_difference(adapter(root, "straight"), adapter(root, "killed")) < 1e-6
+
+
+def test_accelerate_launch_trains_the_same_adapter(competition):
+    """accelerate's launcher (multi-process, no GPU: it falls back to gloo ranks) runs the same code."""
+    root, common = competition
+    kit(root, *TRAIN, *common, "--name", "one")
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port()), "-m", "kit"]
+    result = subprocess.run(launcher + [str(a) for a in (*TRAIN, *common, "--name", "acc")], cwd=root, env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((root / "runs" / "acc" / "run.json").read_text())["world_size"] == 2
+    assert max_difference(adapter(root, "one"), adapter(root, "acc")) < 1e-5
