@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .data import read_csv

@@ -382,7 +382,6 @@ def train_pair(model_dir, rows, opts, qlora, per_token, peak_flops_s):
     checkpointing = bool(kit.args.gradient_checkpointing)
     features = trainer_features(ids, kit.answers, rows.labels)
     tokenizer, settings = kit.tokenizer, {"gradient_checkpointing": checkpointing, "attention": kit.args.attention}
-    del kit
     log(f"bench-gpu: transformers.Trainer + peft{suffix} ...")
     trainer_run = train_trainer(model_dir, features, tokenizer, steps, batch, device, qlora, checkpointing)
     return [{**train_row(name, run, tokens_per_row, batch, per_token, peak_flops_s), **settings,
@@ -503,7 +502,6 @@ def bench_prediction(model_dir, texts, opts):
                 else f"{result.stats.get('mean_tokens', 0)} prompt tokens/row")
         out.append({"path": name, "rows": n, "rows_per_s": n / seconds, "seconds": seconds, "peak_mb": peak,
                     "note": note})
-    del kit
     return out
 
 

@@ -21,7 +21,6 @@ import hmac
 import ipaddress
 import math
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import click
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .cli import _friendly, _spec_option
 from .errors import KitError
 from .logs import log
 
@@ -577,23 +577,8 @@ def run_server(app, sock, log_level="info"):
                                   timeout_graceful_shutdown=10)).run(sockets=[sock])
 
 
-def _errors(command):
-    """KitError -> one line and exit 2, as the other commands (kit.cli._friendly) do."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except KitError as error:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            click.echo(f"error: {error}", err=True)
-            sys.exit(2)
-    return wrapper
-
-
 @click.command("serve")
-@click.option("--spec", "spec_path", default="data/competition.toml", show_default=True,
-              type=click.Path(dir_okay=False), help="The competition spec (TOML).")
+@_spec_option
 @click.option("--run", "run_name", default=None,
               help="Run folder name or path (default: the latest run trained on this spec).")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -611,7 +596,7 @@ def _errors(command):
 @click.option("--allow-spec-change", is_flag=True, help="Serve a run trained on another version of the spec.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Let the base model's own Python code run (ChatGLM2/3). Taken from this command line only.")
-@_errors
+@_friendly
 def serve(spec_path, run_name, host, port, api_key, batch_window_ms, max_batch, mode, allow_spec_change,
           trust_remote_code):
     """Serve a trained run over HTTP, OpenAI-compatible: /v1/models, /v1/chat/completions, /v1/classify."""

@@ -7,7 +7,6 @@ import pytest
 from click.testing import CliRunner
 from sklearn import metrics as sk
 
-from conftest import write_toy_competition
 from kit import cv as kit_cv
 from kit.cli import main
 from kit.errors import KitError

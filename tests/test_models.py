@@ -2,7 +2,6 @@
 heads, the embedded MiniLM encoder, TF-IDF; save and reload give identical predictions."""
 import numpy as np
 import pytest
-import torch
 
 from kit import train
 from kit.data import load_rows

@@ -16,7 +16,6 @@ from conftest import write_spec, write_toy_competition
 from kit import cv as kit_cv
 from kit import pipeline
 from kit.cli import main
-from kit.errors import KitError
 from kit.models import ModelArgs, Task, load_model, make_model
 from kit.runs import load_run
 from kit.spec import load_spec
