@@ -153,7 +153,24 @@ def _friendly(command):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _KitGroup(click.Group):
+    """The commands with heavy imports of their own (fastapi, the GPU benchmark) live in their
+    modules and are imported only when used, so `import kit.cli` stays cheap and acyclic."""
+    lazy = {"bench-gpu": ("kit.bench_gpu", "bench_gpu"), "export": ("kit.export", "export"),
+            "serve": ("kit.serve", "serve")}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+            module, attribute = self.lazy[name]
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_KitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def main(debug):
     """kit: fine-tune an instruction LLM (or a baseline) on a competition's CSVs, score it with
@@ -338,14 +355,3 @@ def bench(data, rows, train_steps, model, quick, out):
     started = time.time()
     run_bench(data, rows, train_steps, model, quick, out)
     _say(f"bench done in {time.time() - started:.0f} s")
-
-
-def _register_extra_commands():
-    from .bench_gpu import bench_gpu
-    from .export import export
-    from .serve import serve
-    for command in (bench_gpu, export, serve):
-        main.add_command(command)
-
-
-_register_extra_commands()
