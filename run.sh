@@ -40,7 +40,8 @@ case "${1:-}" in
     "$PY" -m kit check --spec "$SPEC"
     "$PY" -m kit prepare --spec "$SPEC"
     "$PY" -m kit train --spec "$SPEC"
-    "$PY" -m kit predict --spec "$SPEC" --split test
+    "$PY" -m kit cv --spec "$SPEC" --model tfidf --folds 3          # seconds: fills the report's CV sections
+    "$PY" -m kit predict --spec "$SPEC" --split test --report
     "$PY" -m kit check --spec "$SPEC" --submission submissions/submit.csv --split test
     echo "== done in $(( $(date +%s) - start )) s; upload: $(pwd)/submissions/submit.csv"
     ;;

@@ -157,7 +157,8 @@ class _KitGroup(click.Group):
     """The commands with heavy imports of their own (fastapi, the GPU benchmark) live in their
     modules and are imported only when used, so `import kit.cli` stays cheap and acyclic."""
     lazy = {"bench-gpu": ("kit.bench_gpu", "bench_gpu"), "export": ("kit.export", "export"),
-            "serve": ("kit.serve", "serve")}
+            "serve": ("kit.serve", "serve"), "runs": ("kit.report", "runs_command"),
+            "report": ("kit.report", "report_command")}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
@@ -231,12 +232,15 @@ def train(spec_path, name, resume, trust_remote_code, overwrite, **options):
 @click.option("--out", default="submissions/submit.csv", show_default=True)
 @click.option("--allow-spec-change", is_flag=True,
               help="Predict with a run trained on another version of the spec (instruction, labels, ...).")
+@click.option("--report", "report_out", is_flag=False, flag_value="reports/report.html", default=None,
+              help="Also write the HTML report (default path reports/report.html).")
 @TRUST_REMOTE_CODE
 @_friendly
-def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code):
+def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code, report_out):
     """Predict a split and write a validated submission."""
     from .pipeline import predict_split
-    result = predict_split(_load(spec_path), split, run, mode, threshold, out,
+    spec = _load(spec_path)
+    result = predict_split(spec, split, run, mode, threshold, out,
                            allow_spec_change=allow_spec_change, trust_remote_code=trust_remote_code)
     if result is None:                      # not rank 0: rank 0 wrote the submission
         return
@@ -247,6 +251,9 @@ def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trus
                f"decided by {decided}; {stats.get('fallback_rows', 0)} fell back")
     _say(f"per-row predictions: {pred_path}")
     _say(f"submission: {path}")
+    if report_out:
+        from .report import write_report
+        _say(f"report: {write_report([Path(stats['run'])], spec, report_out, split)}")
 
 
 @main.command()
@@ -262,9 +269,11 @@ def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trus
               help="A TOML file of [[config]] tables (name + option overrides), one CV per entry.")
 @click.option("--name", default=None, help="Run folder name (one configuration only).")
 @click.option("--no-baseline", is_flag=True, help="Skip the TF-IDF baseline row.")
+@click.option("--report", "report_out", is_flag=False, flag_value="reports/report.html", default=None,
+              help="Also write the HTML report (default path reports/report.html).")
 @_friendly
 def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, trust_remote_code, overwrite,
-       **options):
+       report_out, **options):
     """Cross-validate: OOF score, per-fold spread, the TF-IDF baseline beside it."""
     from dataclasses import replace
     from .cv import cross_validate, format_scores, read_sweep, split_overrides, table, verdict
@@ -304,6 +313,9 @@ def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, tru
         write_text(RUNS / f"{stem}-table.md", summary + "\n")
         write_json(RUNS / f"{stem}-table.json", results)
         _say(f"table saved: {RUNS / f'{stem}-table.md'}")
+    if report_out:
+        from .report import write_report
+        _say(f"report: {write_report([RUNS / s['config']['name'] for s in results], spec, report_out)}")
 
 
 @main.command()

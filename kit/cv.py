@@ -83,7 +83,7 @@ def _run_fold(make, rows, encoded, fold, number, mode, run, key):
     result = {"key": key, "fold": number, "index": held_index.tolist(), "probs": prediction.probs.tolist(),
               "decided": prediction.decided, "answers": prediction.answers,
               "parsed": None if prediction.parsed is None else prediction.parsed.tolist(),
-              "stats": {**stats, "predict_seconds": round(seconds, 1),
+              "stats": {**stats, "loss_log": getattr(model, "loss_log", []), "predict_seconds": round(seconds, 1),
                         "predict_rows_per_s": round(len(held_index) / seconds, 2) if seconds else None}}
     write_json(path, result)
     checkpoint.unlink(missing_ok=True)

@@ -13,16 +13,17 @@ import html
 import io
 import json
 import math
-import re
 import time
 from pathlib import Path
 
 import click
 import numpy as np
 
-from .data import id_key, read_csv, write_text
+from .cli import _friendly, _say
+from .data import id_key, load_rows, read_csv, write_text
 from .errors import KitError
-from .runs import CONFIG, RUNS
+from .runs import CONFIG, RUNS, file_fingerprint, load_run
+from .spec import DEFAULT_SPEC, load_spec
 
 REPORT = Path("reports") / "report.html"
 TOP_RUNS = 2             # runs reported when none are named: the best of the spec by CV score
@@ -201,7 +202,6 @@ def spec_matcher(spec):
     if isinstance(spec, (str, Path)) and not Path(spec).is_file():
         return lambda recorded: recorded.get("name") == str(spec)
     if isinstance(spec, (str, Path)):
-        from .spec import load_spec
         spec = load_spec(spec)
     path, key = str(Path(spec.path).resolve()), (spec.name, spec.fingerprint())
     return lambda recorded: recorded.get("path") == path or (recorded.get("name"), recorded.get("fingerprint")) == key
@@ -384,8 +384,8 @@ def loss_curves(directory):
 class RunData:
     """A run's OOF rows (and its test predictions) as arrays, read once for every section."""
 
-    def __init__(self, entry):
-        self.entry, self.directory = entry, Path(entry["path"])
+    def __init__(self, entry, split=None):
+        self.entry, self.directory, self.split = entry, Path(entry["path"]), split
         self.config = _read_json(self.directory / CONFIG)
         self.scores = _read_json(self.directory / "cv_scores.json") or {}
         self.labels = [str(label) for label in entry["labels"] or []]
@@ -412,8 +412,9 @@ class RunData:
         """Binary: truth as 0/1 for the spec's positive (second) label, and P(positive)."""
         return np.array([t == self.labels[1] for t in self.truth], int), self.probs[:, 1]
 
-    def predictions(self, split):
-        """(split, probs) of predictions-<split>.csv; split None: test if predicted, else any."""
+    def predictions(self):
+        """(split, probs) of predictions-<split>.csv; no split asked for: test if predicted, else any."""
+        split = self.split
         if split is None:
             found = sorted(p.stem[len("predictions-"):] for p in self.directory.glob("predictions-*.csv"))
             split = "test" if "test" in found else (found[0] if found else None)
@@ -424,14 +425,12 @@ class RunData:
 
 
 @functools.lru_cache(maxsize=4)
-def _train_texts(spec_path, stamp):
-    """{id key: input text} of the spec's train split, rendered as the model saw it. The file's
-    modification time is part of the cache key so a long-lived process never shows stale text."""
-    from .data import load_rows
-    from .spec import load_spec
+def _train_texts(spec_path, spec_stamp, train_stamp):
+    """({id key: input text} of the spec's train split, as the model saw it; the data's
+    fingerprint). The files' modification times are part of the cache key: a long-lived process
+    never shows stale text."""
     spec = load_spec(spec_path)
     rows, _ = load_rows(spec, "train")
-    from .runs import file_fingerprint
     return {id_key(i): t for i, t in zip(rows.ids, rows.texts)}, file_fingerprint(spec.train)
 
 
@@ -441,8 +440,9 @@ def texts_for(config):
     if not path.is_file():
         return None, f"the run's spec file {path} is gone: ids only"
     try:
-        texts, data_fingerprint = _train_texts(str(path), path.stat().st_mtime_ns)
-    except KitError as error:
+        train = Path(load_spec(path).train)
+        texts, data_fingerprint = _train_texts(str(path), path.stat().st_mtime_ns, train.stat().st_mtime_ns)
+    except (KitError, OSError) as error:
         return None, f"could not read the train rows through {path} ({error}): ids only"
     if data_fingerprint != (config.get("data") or {}).get("fingerprint"):
         return texts, f"the train file changed since this run; texts matched by id through {path}"
@@ -476,7 +476,7 @@ def plot_confusion(matrices, labels):
         counts = np.asarray(counts)
         ax.imshow(counts, cmap="Blues")
         for (i, j), value in np.ndenumerate(counts):
-            ax.text(j, i, str(value), ha="center", va="center",
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=13,
                     color="white" if value > counts.max() / 2 else "black")
         ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
                xlabel="predicted", ylabel="true", title=title)
@@ -604,8 +604,10 @@ def _folds_section(data):
     if not rows:
         return _note("no per-fold scores recorded")
     metric = data.entry["metric"]
-    summary = (f"mean {data.scores.get('fold_mean')} ± {data.scores.get('fold_std')} (std over folds); "
-               f"OOF {metric} {data.entry['score']:.4f} at threshold 0.5" if _finite(data.entry["score"]) else "")
+    spread = (f"fold mean {data.entry['fold_mean']:.4f} ± {data.entry['fold_std']:.4f} (std over folds); "
+              if data.entry["fold_mean"] is not None and data.entry["fold_std"] is not None else "")
+    oof = f"OOF {metric} {data.entry['score']:.4f} at threshold 0.5" if _finite(data.entry["score"]) else ""
+    summary = spread + oof
     return _table(["fold", "rows", metric, "train s", "predict s"], [[_e(c) for c in r] for r in rows]) + _note(summary)
 
 
@@ -616,12 +618,14 @@ def _confusion_section(data):
     if data.binary and tuned is not None and tuned != 0.5:
         relabelled = decide_at(tuned, data.probs[:, 1], data.predicted, data.decided, data.labels)
         matrices.append((f"tuned threshold {tuned:g}", confusion_counts(data.truth, relabelled, data.labels)))
-    return plot_confusion(matrices, data.labels) + _note(f"{len(data.ids)} OOF rows; rows: true label, columns: predicted")
+    return plot_confusion(matrices, data.labels) + _note(
+        f"{len(data.ids)} OOF rows; rows: true label, columns: predicted")
 
 
 def _threshold_section(data):
     truth, positive = data.positive()
-    tuned = (data.entry["tuned_threshold"], data.entry["tuned_score"]) if data.entry["tuned_threshold"] is not None else None
+    threshold = data.entry["tuned_threshold"]
+    tuned = None if threshold is None else (threshold, data.entry["tuned_score"])
     metric = data.scores.get("metric", "f1")
     shown = metric if metric != "auc" else "f1"       # kit cv tunes auc runs on F1
     return plot_threshold(threshold_curve(truth, positive), tuned, shown) + _note(
@@ -642,21 +646,22 @@ def _calibration_section(data):
         outcome = np.array([t == p for t, p in zip(data.truth, data.predicted)], int)
         probs, what = data.probs.max(1), "confidence of the chosen label"
     return plot_calibration(calibration_bins(outcome, probs), what) + _note(
-        f"OOF rows in {CALIBRATION_BINS} equal-width bins; points on the diagonal are calibrated; "
+        f"{what} on OOF rows, in {CALIBRATION_BINS} equal-width bins; points on the diagonal are calibrated; "
         "ECE is the row-weighted mean gap")
 
 
 def _loss_section(data):
     curves = loss_curves(data.directory)
     if not curves:
-        return _note("no loss log recorded (the CV fold results do not carry one, and the full training run, "
-                     "if any, logged none: TF-IDF has no loss)")
+        why = ("TF-IDF has no training loss" if data.entry["model"] == "tfidf" else
+               "the CV fold results carry no loss log, and this run has no full training with one")
+        return _note(f"no loss log recorded ({why})")
     missing = "" if any(k.startswith("fold") for k in curves) else "; the CV folds recorded no loss log"
     return plot_losses(curves) + _note(f"per optimizer step{missing}")
 
 
-def _shift_section(data, split):
-    split, other = data.predictions(split)
+def _shift_section(data):
+    split, other = data.predictions()
     if other is None:
         return _note(f"no predictions-{split}.csv in this run: run `python -m kit predict --run {data.entry['name']}"
                      f"{'' if split is None else ' --split ' + split}` to compare" if split else
@@ -701,7 +706,7 @@ SECTIONS = [   # (id suffix, heading, builder, binary only, needs OOF rows)
     ("roc", "ROC curve", _roc_section, True, True),
     ("calibration", "Calibration", _calibration_section, False, True),
     ("loss", "Training loss", _loss_section, False, False),
-    ("shift", "OOF vs predicted-split probabilities", None, False, True),
+    ("shift", "OOF vs predicted-split probabilities", _shift_section, False, True),
     ("wrong", "Most confidently wrong OOF rows", _wrong_section, False, True),
 ]
 
@@ -709,9 +714,10 @@ SECTIONS = [   # (id suffix, heading, builder, binary only, needs OOF rows)
 def run_html(number, entry, split):
     """One run's sections; a section that cannot be drawn says why instead of failing the page."""
     try:
-        data = RunData(entry)
+        data = RunData(entry, split)
     except (KitError, Skip, ValueError, KeyError) as error:
-        return f'<section id="run-{number}" class="run"><h2>{number}. {_e(entry["name"])}</h2>{_note(error, "warn")}</section>'
+        return (f'<section id="run-{number}" class="run"><h2>{number}. {_e(entry["name"])}</h2>'
+                f'{_note(error, "warn")}</section>')
     parts = []
     for suffix, heading, build, binary_only, needs_oof in SECTIONS:
         if binary_only and not data.binary:
@@ -720,14 +726,14 @@ def run_html(number, entry, split):
             body = _note("no CV results (oof.csv) in this run: run `python -m kit cv` with its settings")
         else:
             try:
-                body = _shift_section(data, split) if suffix == "shift" else build(data)
+                body = build(data)
             except (KitError, Skip, ValueError, KeyError, IndexError, TypeError) as error:
                 body = _note(f"could not draw this section: {error}", "warn")
         wide = ' class="wide"' if suffix == "wrong" else ""
         parts.append(f'<section id="run-{number}-{suffix}"{wide}><h3>{heading}</h3>{body}</section>')
     score = (f"{entry['metric']} {entry['score']:.4f}" if _finite(entry["score"]) else "no CV score")
-    summary = (f"{entry['model']} / {entry['head']} · {settings_text(entry['settings'])} · {score} · "
-               f"created {entry['created']} · {entry['path']}")
+    summary = (f"model {entry['model']}, head {entry['head']}, settings {settings_text(entry['settings'])}; "
+               f"{score}; created {entry['created']}; {entry['path']}")
     return (f'<section id="run-{number}" class="run"><h2>{number}. {_e(entry["name"])}</h2>{_note(summary)}'
             f'<div class="grid">{"".join(parts)}</div></section>')
 
@@ -736,7 +742,7 @@ def render(groups, chosen, split=None, notices=()):
     """The whole page as one string: CSS inline, images as data URIs, no script, no link out."""
     toc = "".join(f'<a href="#run-{n}">{n}. {_e(e["name"])}</a>' for n, e in enumerate(chosen, 1))
     runs = "".join(run_html(n, entry, split) for n, entry in enumerate(chosen, 1))
-    footer = "".join(_note(n) for n in notices)
+    footer = ("<h2>Skipped</h2>" + "".join(_note(n) for n in notices)) if notices else ""
     title = "kit report: " + ", ".join(sorted({e["spec"]["name"] for e in chosen}))
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>"
@@ -781,21 +787,6 @@ def write_report(run_dirs, spec=None, out=REPORT, split=None, runs=None, top=TOP
 
 # -- the commands -------------------------------------------------------------------------------------
 
-def _friendly(command):
-    """kit.cli's error handling (a fixable error is one line and exit 2), looked up when the command
-    runs: importing kit.cli at import time would be circular, since kit.cli registers these commands."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from .cli import _friendly as friendly
-        return friendly(command)(*args, **kwargs)
-    return wrapper
-
-
-def _say(text):
-    from .cli import _say as say
-    say(text)
-
-
 RUNS_DIR = click.option("--runs-dir", default=str(RUNS), show_default=True, type=click.Path(file_okay=False),
                         help="The folder holding the run folders.")
 
@@ -837,16 +828,7 @@ def runs_command(spec, model, as_json, runs_dir):
 def report_command(run_names, spec_path, out, split, top, runs_dir):
     """One HTML page: the leaderboard, then per run the fold scores, confusion matrix, threshold and
     ROC curves (binary), calibration, loss curves, OOF-vs-test shift and the most confident mistakes."""
-    from .runs import load_run
-    from .spec import DEFAULT_SPEC
     directories = [load_run(name, runs_dir).directory for name in run_names]
-    from .spec import load_spec
     spec = None if directories else load_spec(spec_path or DEFAULT_SPEC)
     path = write_report(directories, spec, out, split, runs=runs_dir, top=top)
     _say(f"report: {path}")
-
-
-def register(group):
-    """Adds `kit runs` and `kit report` to the CLI (kit.cli calls this)."""
-    for command in (runs_command, report_command):
-        group.add_command(command)
