@@ -238,6 +238,16 @@ def read_sweep(path):
 SPEC_KEYS = ("instruction", "label_words", "max_length")
 
 
+def _check_choices(model_changes, where):
+    """The same choices the command line allows, for a sweep entry's values."""
+    from .device import ATTENTION, PRECISIONS, QUANTIZE
+    from .models import HEADS
+    allowed = {"precision": PRECISIONS, "attention": ATTENTION, "quantize": QUANTIZE, "head": HEADS}
+    for key, choices in allowed.items():
+        if key in model_changes and model_changes[key] not in choices:
+            raise KitError(f"{where}: {key} = {model_changes[key]!r}: choose one of {', '.join(choices)}")
+
+
 def split_overrides(overrides, spec, base_model, base_train, where):
     """Apply a sweep entry's keys to copies of the spec (prompt keys), model and training args."""
     from dataclasses import fields, replace
@@ -258,6 +268,7 @@ def split_overrides(overrides, spec, base_model, base_train, where):
             changes["train"][key] = value
         else:
             raise KitError(f"{where}: unknown option {key!r}; known: {sorted(model_keys | train_keys | set(SPEC_KEYS))}")
+    _check_choices(changes["model"], where)
     words = changes["spec"].get("label_words")
     if words is not None:
         if set(map(str, words)) != set(spec.labels):

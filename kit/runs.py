@@ -12,7 +12,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import dist
@@ -23,7 +23,7 @@ from .models import RUNTIME_ARGS_MODEL, base_identity
 
 RUNS = Path("runs")
 CONFIG = "run.json"
-NOT_KEYED_TRAIN = ("checkpoint_every",)   # how often to save, never what is learned
+NOT_KEYED_TRAIN = ("checkpoint_every", "frozen_cache_gb")   # how often to save / how fast, never what is learned
 
 
 def fingerprint(*parts):
@@ -148,7 +148,7 @@ def open_run(spec, model_args, train_args, name=None, overwrite=False, runs=RUNS
     # every rank checks (so every rank raises the same error); rank 0 alone writes
     if existing.exists():
         old = read_config(directory)
-        if old.get("key") == config["key"]:
+        if old.get("key") == config["key"] and not overwrite:
             dist.barrier()
             return Run(directory, old)
         if not overwrite:
@@ -195,7 +195,16 @@ def latest_run(spec, runs=RUNS):
     if not candidates:
         raise KitError(f"no trained run of {spec.path} in {runs}/: run `python -m kit train --spec {spec.path}` "
                        "first, or pass --run")
-    return max(candidates, key=_trained_at)
+    matching = [run for run in candidates if _spec_matches(run, spec)]
+    return max(matching or candidates, key=_trained_at)   # a run of this spec's version first
+
+
+def _spec_matches(run, spec):
+    """The run was trained on this version of the spec. --max-length at training time changes
+    the recorded max_length; the model keeps its own, so it is not a difference."""
+    recorded = run.config.get("spec", {})
+    length = recorded.get("resolved", {}).get("max_length", spec.max_length)
+    return recorded.get("fingerprint") == replace(spec, max_length=length).fingerprint()
 
 
 def trained_run(spec, name=None, allow_spec_change=False, runs=RUNS):
@@ -205,8 +214,9 @@ def trained_run(spec, name=None, allow_spec_change=False, runs=RUNS):
     if not run.trained:
         raise KitError(f"run {run.directory}: no trained model in {run.model_dir}; run `python -m kit train`")
     recorded = run.config.get("spec", {})
-    if recorded.get("fingerprint") != spec.fingerprint() and not allow_spec_change:
-        changed = [k for k, v in spec.describe().items() if recorded.get("resolved", {}).get(k) != v]
+    if not _spec_matches(run, spec) and not allow_spec_change:
+        changed = [k for k, v in spec.describe().items()
+                   if k != "max_length" and recorded.get("resolved", {}).get(k) != v]
         raise KitError(f"run {run.directory} was trained on another version of the spec ({recorded.get('path')}; "
                        f"differs from {spec.path} in {', '.join(changed) or 'its fingerprint'}); retrain, "
                        "or pass --allow-spec-change to predict with it anyway")

@@ -124,7 +124,9 @@ class FrozenBottom:
             dtype = torch.float32 if model.device.type == "cpu" else torch.bfloat16
         hidden = model.config.get_text_config().hidden_size
         need = sum(len(s) for s in sequences) * hidden * torch.finfo(dtype).bits // 8
-        budget = budget_bytes if budget_bytes else available_memory_bytes() // 2
+        # ranks on one machine share its memory
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        budget = budget_bytes if budget_bytes else available_memory_bytes() // (2 * ranks_here)
         if passes <= 1.0:
             log("frozen blocks: every row is seen once, so caching the lower blocks would not pay; "
                 "training through all blocks")
@@ -189,8 +191,8 @@ class FrozenBottom:
                 "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
 
     def _feed(self, module, args, kwargs):
-        """Replace the first trained block's input with the cached states. It fires again when
-        gradient checkpointing recomputes the block, and must give the same states then."""
+        """Replace the first trained block's input with the cached states (once per forward:
+        gradient checkpointing wraps the block's forward, inside this hook)."""
         if self.pending is None:
             return None
         if args:
@@ -403,7 +405,8 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
             if checkpoint and args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
                 if rank == 0:                      # one writer; every rank resumes from its file
                     save_checkpoint(checkpoint, key, trainable, optimizer, scheduler, step, loss_log, scaler)
-                dist.barrier()
+                if ranks > 1:                      # (CV folds side by side train alone: no barrier)
+                    dist.barrier()
     bar.close()
     model.eval()
     return loss_log

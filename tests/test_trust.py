@@ -322,3 +322,16 @@ def test_run_json_records_the_effective_configuration(here):
     (here / "train.csv").write_text((here / "train.csv").read_text() + "99,a new row,1\n")
     ok("train", "--spec", spec_path, *TFIDF, "--max-length", "48", "--seed", "7")
     assert len(runs_of(here)) == 2                         # new data: a new run, the old one intact
+
+
+def test_a_run_trained_with_max_length_still_predicts(here):
+    """--max-length changes the recorded spec, not the spec's version: predict accepts the run."""
+    spec_path = write_toy_competition(here)
+    ok("train", "--spec", spec_path, *TFIDF, "--max-length", "48")
+    assert "submission:" in ok("predict", "--spec", spec_path)
+
+
+def test_a_sweep_value_outside_the_choices_is_refused(here):
+    spec_path = write_toy_competition(here)
+    (here / "sweep.toml").write_text('[[config]]\nname = "x"\nprecision = "half"\n')
+    assert "precision = 'half': choose one of" in one_line_error("cv", "--spec", spec_path, "--sweep", "sweep.toml")

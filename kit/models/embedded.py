@@ -7,6 +7,7 @@ converts it once and caches plain safetensors; later loads read the cache.
 import hashlib
 import json
 import os
+import shutil
 import sys
 import sysconfig
 import tempfile
@@ -17,6 +18,9 @@ from .base import EMBEDDED_ENCODER, EMBEDDED_LLM, TFIDF
 
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+# what makes the prompts: an edited chat template or vocabulary is another base
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                    "tokenizer.model", "vocab.txt", "merges.txt", "vocab.json")
 
 
 def _site_dirs():
@@ -75,7 +79,12 @@ def _convert_gguf(gguf_path, target):
     fresh.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "kit_source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
-    os.replace(staging, target)  # atomic: a crash mid-conversion leaves no half cache
+    try:
+        os.replace(staging, target)  # atomic: a crash mid-conversion leaves no half cache
+    except OSError:                  # another process (a second rank) converted it first
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
 
 
 def resolve_model(name):
@@ -121,7 +130,7 @@ def base_identity(name):
         return {"model": name, "path": path, "fingerprint": hashlib.sha256(path.encode()).hexdigest()[:16]}
     parts = {"config.json": hashlib.sha256((local / "config.json").read_bytes()).hexdigest()[:16]}
     for file in sorted(local.iterdir()):
-        if file.suffix in _WEIGHT_SUFFIXES and file.is_file():
+        if file.is_file() and (file.suffix in _WEIGHT_SUFFIXES or file.name in _TOKENIZER_FILES):
             parts[file.name] = _file_digest(file)
     fingerprint = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return {"model": name, "path": path, "fingerprint": fingerprint, "files": parts}

@@ -29,10 +29,10 @@ def _device():
 
 def _weights_dtype(precision, device, full_fine_tune):
     """Frozen weights in half precision on a GPU; fp32 on a CPU (bf16 matmuls are slower than
-    fp32 there without AMX; bf16/fp16 then run as autocast). Weights that train stay fp32 under
-    fp16, since the gradient scaler cannot unscale fp16 gradients."""
+    fp32 there without AMX; bf16/fp16 then run as autocast). Weights that train stay fp32 (AdamW
+    steps round away in bf16, and the fp16 gradient scaler cannot unscale fp16 gradients)."""
     import torch
-    if device == "cpu" or precision == "fp32" or (precision == "fp16" and full_fine_tune):
+    if device == "cpu" or precision == "fp32" or full_fine_tune:
         return torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
@@ -148,7 +148,7 @@ class TransformerModel(Estimator):
                   "attn_implementation": self.args.attention}
         if self.args.quantize:
             common["quantization_config"] = self._quantization(device)
-            common["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+            common["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
         if self.args.head == "classify":
             model = AutoModelForSequenceClassification.from_pretrained(
                 self.path, num_labels=len(self.task.words), **common)
@@ -277,6 +277,8 @@ class TransformerModel(Estimator):
         directory = Path(directory)
         state = cls.read_model_file(directory)
         model = cls._from_state(state, trust_remote_code)
+        # attention is chosen again for this machine (flash-attn may be missing here)
+        model.args = replace(model.args, attention="auto")
         if model.args.lora_r:
             from peft import PeftModel
             base = model._load_base()
