@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import read_csv
+from .device import cuda_info, resolve
 from .logs import log
 from .errors import KitError
 from .models import ModelArgs, Task, TransformerModel, resolve_model
@@ -310,14 +311,15 @@ def run_bench(data, n_rows, train_steps, model_name, quick=False, out=None):
         results["kit train, same settings and seed prompt"] = train_kit(
             model_name, texts, labels, train_steps, batch, seed_prompt=True)
         results["kit train, same settings, kit prompt"] = train_kit(model_name, texts, labels, train_steps, batch)
-        default = ModelArgs()
-        results[f"kit train, default recipe ({default.head}, top {default.lora_layers})"] = train_kit(
-            model_name, texts, labels, train_steps, batch, lora_layers=default.lora_layers, head=default.head)
+        default, _ = resolve(ModelArgs(), None, cuda_info())    # the defaults on this device
+        top = default.lora_layers
+        results[f"kit train, default recipe ({default.head}, top {top or 'all'})"] = train_kit(
+            model_name, texts, labels, train_steps, batch, lora_layers=top, head=default.head)
         p, layers = bench.params, bench.model.config.num_hidden_layers
         # forward 2P + backward through activations ~2P (frozen weights); the default recipe
         # runs the lower blocks once (2P) and the top blocks forward and backward
         flops_per_token = {name: 4 * p for name in results}
-        top = ModelArgs().lora_layers
+        top = top or layers
         flops_per_token[list(results)[-1]] = 2 * p * (layers - top) / layers + 4 * p * top / layers
         print_train_table(results, peak, flops_per_token)
     if out:
