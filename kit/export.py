@@ -179,9 +179,12 @@ def _describe(run, estimator, labels, words, dtype, commands):
         info["classify"] = {"id2label": {str(i): label for i, label in enumerate(labels)},
                             "probabilities": "softmax over the head's logits at the last prompt token"}
     else:
-        info["generate"] = {"answers": _answers(estimator, labels),
-                            "probabilities": "softmax over the logits of the label words' first tokens "
-                                             "at the last prompt position"}
+        from .prompts import first_tokens_differ
+        rule = ("softmax over the logits of the label words' first tokens at the last prompt position"
+                if first_tokens_differ(estimator.answers) else
+                "softmax over the labels of the summed log-probabilities of each whole answer (its tokens and "
+                "the end of turn) after the prompt: the label words share first tokens")
+        info["generate"] = {"answers": _answers(estimator, labels), "probabilities": rule}
     return info
 
 

@@ -93,6 +93,29 @@ def score_labels(model, ids, first_tokens, pad_id, batch_size=32, use_prefix_cac
     return _run_batches(ids, batch_size, "score", forward, sort_by_length)
 
 
+def answer_scores(model, ids, answers, pad_id, batch_size=32):
+    """P(label) from whole answers: log P(answer tokens, end of turn | prompt) summed per label,
+    softmax over the labels. For label words that share first tokens, where the one-pass
+    first-token scoring cannot tell them apart. Each row is run once per label, with the output
+    layer applied only at the answer positions."""
+    k, longest = len(answers), max(len(a) for a in answers)
+    per_batch = max(1, batch_size // k)
+
+    def forward(index, rows):
+        sequences = [row + answer for row in rows for answer in answers]
+        batch = pad_batch(sequences, pad_id, True, model.device)
+        logits = model(**batch, logits_to_keep=longest + 1).logits.float()   # the last positions only
+        logprobs = torch.log_softmax(logits, -1)
+        scores = torch.zeros(len(sequences))
+        for s, answer in enumerate(answers * len(rows)):
+            # left padding: the answer fills the last len(answer) positions; position p predicts p + 1
+            start = logprobs.shape[1] - len(answer) - 1
+            positions = torch.arange(start, start + len(answer))
+            scores[s] = logprobs[s, positions, torch.tensor(answer, device=logprobs.device)].sum().cpu()
+        return torch.softmax(scores.view(len(rows), k), -1).numpy()
+    return _run_batches(ids, per_batch, "score answers", forward)
+
+
 def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True):
     """P(label) from a classification head (the last real token is pooled)."""
     decoder = is_decoder(model.config)

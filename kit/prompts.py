@@ -97,13 +97,17 @@ class PromptEncoder:
 
 
 def answer_ids(tokenizer, words):
-    """Token ids of each label word followed by the turn's end; first tokens must differ, since
-    constrained scoring compares the label words' first tokens in one forward pass."""
+    """Token ids of each label word followed by the turn's end. Label words may share their
+    first tokens ("1" and "12", "positive" and "positively"): scoring then compares whole
+    answers (predict.answer_scores)."""
     end = end_of_turn(tokenizer)
     end = [end] if end is not None else []
     answers = [tokenizer(word, add_special_tokens=False).input_ids + end for word in words]
-    firsts = [a[0] for a in answers]
-    if len(set(firsts)) != len(firsts):
-        raise KitError(f"label words {words} start with the same token; choose [task] label_words "
-                       "that differ in their first token")
+    if len({tuple(a) for a in answers}) != len(answers):
+        raise KitError(f"label words {words} tokenise to the same answer; choose [task] label_words that differ")
     return answers
+
+
+def first_tokens_differ(answers):
+    """Whether one forward pass over the label words' first tokens tells the labels apart."""
+    return len({a[0] for a in answers}) == len(answers)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import KitError
 from ..logs import log
-from ..prompts import PromptEncoder, answer_ids
+from ..prompts import PromptEncoder, answer_ids, first_tokens_differ
 from .base import HEADS, Estimator, Prediction
 from .embedded import resolve_model
 
@@ -245,7 +245,7 @@ class TransformerModel(Estimator):
         return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
     def predict(self, rows, mode="score", encoded=None):
-        from ..predict import FALLBACK, GENERATE, SCORE, classify_proba, generate_labels, score_labels
+        from ..predict import FALLBACK, GENERATE, SCORE, classify_proba, generate_labels
         self._require_fitted("predict")
         ids, stats = encoded if encoded else self.encode(rows)
         pad, size = self.tokenizer.pad_token_id, self.args.predict_batch_size
@@ -255,13 +255,23 @@ class TransformerModel(Estimator):
             probs = classify_proba(self.model, ids, pad, size, self.args.prefix_cache)
             return Prediction(probs, ["classify"] * len(ids), stats=stats)
         if mode == SCORE:
-            firsts = [a[0] for a in self.answers]
-            probs = score_labels(self.model, ids, firsts, pad, size, self.args.prefix_cache)
-            return Prediction(probs, [SCORE] * len(ids), stats=stats)
+            return Prediction(self._label_scores(ids), [SCORE] * len(ids), stats=stats)
         probs, parsed, raw = generate_labels(self.model, self.tokenizer, ids, self.answers, self.task.words, pad, size)
+        if not first_tokens_differ(self.answers):   # the fallback needs whole-answer scores then
+            probs = self._label_scores(ids)
         decided = [GENERATE if p >= 0 else FALLBACK for p in parsed]
         stats = {**stats, "fallback_rows": decided.count(FALLBACK)}
         return Prediction(probs, decided, answers=raw, parsed=parsed, stats=stats)
+
+    def _label_scores(self, ids):
+        """One pass over the label words' first tokens when they differ (the fast path), whole
+        answers otherwise."""
+        from ..predict import answer_scores, score_labels
+        pad, size = self.tokenizer.pad_token_id, self.args.predict_batch_size
+        if first_tokens_differ(self.answers):
+            firsts = [a[0] for a in self.answers]
+            return score_labels(self.model, ids, firsts, pad, size, self.args.prefix_cache)
+        return answer_scores(self.model, ids, self.answers, pad, size)
 
     def save(self, directory):
         self._require_fitted("save")
