@@ -234,14 +234,18 @@ def train(spec_path, name, resume, trust_remote_code, overwrite, **options):
               help="Predict with a run trained on another version of the spec (instruction, labels, ...).")
 @click.option("--report", "report_out", is_flag=False, flag_value="reports/report.html", default=None,
               help="Also write the HTML report (default path reports/report.html).")
+@click.option("--models", type=click.Choice(["auto", "full", "folds", "merged"]), default="auto", show_default=True,
+              help="full: the run's full-train model; folds: average the fold models' probabilities (kept by "
+                   "`kit cv --keep-models`); merged: average their LoRA weights into one adapter first; "
+                   "auto: full when the run has one, else folds.")
 @TRUST_REMOTE_CODE
 @_friendly
-def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code, report_out):
+def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code, report_out, models):
     """Predict a split and write a validated submission."""
     from .pipeline import predict_split
     spec = _load(spec_path)
-    result = predict_split(spec, split, run, mode, threshold, out,
-                           allow_spec_change=allow_spec_change, trust_remote_code=trust_remote_code)
+    result = predict_split(spec, split, run, mode, threshold, out, allow_spec_change=allow_spec_change,
+                           trust_remote_code=trust_remote_code, models=models)
     if result is None:                      # not rank 0: rank 0 wrote the submission
         return
     path, pred_path, stats = result
@@ -269,11 +273,13 @@ def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trus
               help="A TOML file of [[config]] tables (name + option overrides), one CV per entry.")
 @click.option("--name", default=None, help="Run folder name (one configuration only).")
 @click.option("--no-baseline", is_flag=True, help="Skip the TF-IDF baseline row.")
+@click.option("--keep-models", is_flag=True,
+              help="Keep each fold's model in the run folder, for `kit predict --models folds|merged`.")
 @click.option("--report", "report_out", is_flag=False, flag_value="reports/report.html", default=None,
               help="Also write the HTML report (default path reports/report.html).")
 @_friendly
 def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, trust_remote_code, overwrite,
-       report_out, **options):
+       report_out, keep_models, **options):
     """Cross-validate: OOF score, per-fold spread, the TF-IDF baseline beside it."""
     from dataclasses import replace
     from .cv import cross_validate, format_scores, read_sweep, split_overrides, table, verdict
@@ -296,7 +302,8 @@ def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, tru
         configs.insert(0, (None, spec, ModelArgs(model=TFIDF), train_args))
     results = []
     for config_name, s, m, t in configs:
-        scores = cross_validate(s, m, t, folds, holdout, fold_seed, mode, config_name, overwrite, trust_remote_code)
+        scores = cross_validate(s, m, t, folds, holdout, fold_seed, mode, config_name, overwrite, trust_remote_code,
+                                keep_models=keep_models)
         if scores is None:                  # not rank 0: its folds are in rank 0's results
             continue
         _say(format_scores(scores, spec) + "\n")

@@ -6,6 +6,7 @@ adapter and the decision threshold are all learned on training rows or on OOF af
 Rows are tokenised once per run; finished folds are saved, so a re-run resumes.
 """
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -62,11 +63,13 @@ def _saved_fold(path, key):
     return saved
 
 
-def _run_fold(make, rows, encoded, fold, number, mode, run, key):
-    """Fit on every row outside the fold, predict the fold; saved so a re-run skips it."""
+def _run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models=False):
+    """Fit on every row outside the fold, predict the fold; saved so a re-run skips it. With
+    keep_models the fold's model is kept too (a fold ensemble predicts with them)."""
     path = run.fold_result(number)
     saved = _saved_fold(path, key)
-    if saved is not None:
+    kept = (run.fold_model(number) / "kit_model.json").is_file()
+    if saved is not None and (kept or not keep_models):
         log(f"cv: fold {number + 1} already done, reused ({path})")
         return saved
     train_index = np.flatnonzero(fold != number)
@@ -85,13 +88,19 @@ def _run_fold(make, rows, encoded, fold, number, mode, run, key):
               "parsed": None if prediction.parsed is None else prediction.parsed.tolist(),
               "stats": {**stats, "loss_log": getattr(model, "loss_log", []), "predict_seconds": round(seconds, 1),
                         "predict_rows_per_s": round(len(held_index) / seconds, 2) if seconds else None}}
+    if keep_models:
+        staging = run.cv_dir / f".fold-{number}-model.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save(staging)
+        shutil.rmtree(run.fold_model(number), ignore_errors=True)
+        staging.rename(run.fold_model(number))
     write_json(path, result)
     checkpoint.unlink(missing_ok=True)
     return result
 
 
 def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_seed=0, mode="score",
-                   name=None, overwrite=False, trust_remote_code=False, runs=RUNS):
+                   name=None, overwrite=False, trust_remote_code=False, runs=RUNS, keep_models=False):
     """Run CV for one configuration; returns the scores dict (also saved in the run folder).
     The folds come from fold_seed alone, so configurations that differ in their training seed
     are scored on the same folds."""
@@ -116,7 +125,7 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     # N ranks (torchrun / accelerate launch): folds side by side, fold k on rank k mod N
     for number in numbers[dist.rank()::dist.world_size()]:
         log(f"cv: fold {number + 1} of {len(numbers)} ({run.name})")
-        results.append(_run_fold(make, rows, encoded, fold, number, mode, run, key))
+        results.append(_run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models))
     results = sorted((r for part in dist.gather(results) for r in part), key=lambda r: r["fold"])
     if not dist.is_main():
         return None

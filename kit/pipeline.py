@@ -182,15 +182,40 @@ def resolve_threshold(spec, threshold, run):
     return value
 
 
+def load_predictor(run, models="auto", trust_remote_code=False):
+    """The run's full-train model, or its fold ensemble (`kit cv --keep-models`): averaged
+    probabilities ("folds") or one adapter of averaged LoRA weights ("merged"). auto: the
+    full-train model when there is one, else the fold ensemble. Returns (predictor, the model
+    folders that went in)."""
+    from .models.folds import FoldEnsemble, merge_fold_adapters
+    has_full = (run.model_dir / "kit_model.json").is_file()
+    if models == "auto":
+        models = "full" if has_full else "folds"
+    if models == "full":
+        if not has_full:
+            raise KitError(f"run {run.directory}: no full-train model; run `python -m kit train` with its settings, "
+                           "or predict with its fold models (--models folds)")
+        return load_model(run.model_dir, trust_remote_code), [str(run.model_dir)]
+    folds = run.fold_models
+    if not folds:
+        raise KitError(f"run {run.directory}: no fold models; run `python -m kit cv --keep-models` with its settings")
+    if models == "merged":
+        merged = merge_fold_adapters(folds, run.merged_folds)
+        return load_model(merged, trust_remote_code), [str(p) for p in folds]
+    return FoldEnsemble([load_model(p, trust_remote_code) for p in folds], folds), [str(p) for p in folds]
+
+
 def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS,
-                  allow_spec_change=False, trust_remote_code=False):
+                  allow_spec_change=False, trust_remote_code=False, models="auto"):
     """`kit predict`: predictions for a split, then a validated submission written atomically."""
     rows, frame = load_rows(spec, split)       # input errors first: they need no trained run
     submit.check_destination(out)             # and a submission that could not be written
     run = trained_run(spec, run, allow_spec_change, runs)
     cut = resolve_threshold(spec, threshold, run)
-    model = load_model(run.model_dir, trust_remote_code)
-    log(f"predict: {split} ({len(rows)} rows) with run {run.directory}")
+    model, used = load_predictor(run, models, trust_remote_code)
+    log(f"predict: {split} ({len(rows)} rows) with run {run.directory}"
+        + (f", {len(used)} fold models" + (" merged into one adapter" if models == "merged" else " averaged")
+           if used[0] != str(run.model_dir) else ""))
     start = time.time()
     prediction = _predict_rows(model, rows, mode, run.predict_progress(split, mode))
     seconds = time.time() - start
@@ -206,7 +231,7 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     run.predict_progress(split, mode).unlink(missing_ok=True)
     stats = {"split": split, "run": str(run.directory), "rows": len(rows), "mode": mode,
              "seconds": round(seconds, 1), "rows_per_s": round(len(rows) / seconds, 2) if seconds else None,
-             "threshold": cut if cut is not None else 0.5, "model_id": model.model_id,
+             "threshold": cut if cut is not None else 0.5, "model_id": model.model_id, "models": used,
              "decided": {k: int(v) for k, v in pd.Series(prediction.decided).value_counts().items()},
              **prediction.stats}
     write_json(run.predict_stats(split), stats)

@@ -93,6 +93,19 @@ class Run:
     def fold_checkpoint(self, number):
         return self.cv_dir / f"fold-{number}.ckpt"
 
+    def fold_model(self, number):
+        return self.cv_dir / f"fold-{number}-model"
+
+    @property
+    def fold_models(self):
+        """The fold models `kit cv --keep-models` kept, in fold order."""
+        found = [p for p in self.cv_dir.glob("fold-*-model") if (p / "kit_model.json").is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    @property
+    def merged_folds(self):
+        return self.cv_dir / "merged-model"
+
     def predictions(self, split):
         return self.directory / f"predictions-{split}.csv"
 
@@ -104,7 +117,7 @@ class Run:
 
     @property
     def trained(self):
-        return (self.model_dir / "kit_model.json").is_file()
+        return (self.model_dir / "kit_model.json").is_file() or bool(self.fold_models)
 
     def clear_predict_progress(self):
         """A new model makes every half-finished prediction of the old one worthless."""

@@ -1,0 +1,62 @@
+"""Fold ensembles: `kit cv --keep-models` keeps each fold's model; `kit predict --models folds`
+averages their probabilities, `--models merged` averages their LoRA weights first."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from kit.cli import main
+from kit.data import load_rows
+from kit.models import load_model
+from kit.pipeline import load_predictor
+from kit.runs import load_run
+from kit.spec import load_spec
+
+
+@pytest.fixture
+def cv_run(tmp_path, toy, tiny_llama, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["cv", "--spec", str(toy), "--model", tiny_llama, "--folds", "3",
+                                       "--max-steps", "2", "--batch-size", "8", "--no-baseline", "--keep-models",
+                                       "--name", "folds"])
+    assert result.exit_code == 0, result.output
+    return load_run("folds"), load_spec(toy)
+
+
+def test_the_fold_ensemble_averages_the_fold_models(cv_run):
+    run, spec = cv_run
+    assert [p.name for p in run.fold_models] == ["fold-0-model", "fold-1-model", "fold-2-model"]
+    rows = load_rows(spec, "test")[0]
+    ensemble, used = load_predictor(run, "folds")
+    expected = np.mean([load_model(p).predict(rows).probs for p in run.fold_models], axis=0)
+    np.testing.assert_allclose(ensemble.predict(rows).probs, expected, atol=1e-7)
+    assert len(used) == 3
+
+
+def test_merged_folds_average_the_lora_weights(cv_run):
+    run, _ = cv_run
+    load_predictor(run, "merged")
+    merged = load_file(run.merged_folds / "adapter" / "adapter_model.safetensors")
+    folds = [load_file(p / "adapter" / "adapter_model.safetensors") for p in run.fold_models]
+    for name, tensor in merged.items():
+        np.testing.assert_allclose(tensor.numpy(), np.mean([f[name].numpy() for f in folds], axis=0), atol=1e-7)
+
+
+def test_predict_with_a_cv_run_records_the_models(cv_run):
+    run, spec = cv_run
+    result = CliRunner().invoke(main, ["predict", "--spec", str(spec.path), "--run", "folds"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(run.predict_stats("test").read_text())
+    assert len(stats["models"]) == 3 and "fold-0-model" in stats["models"][0]
+    result = CliRunner().invoke(main, ["predict", "--spec", str(spec.path), "--run", "folds", "--models", "full"])
+    assert result.exit_code == 2 and "no full-train model" in result.output
+
+
+def test_merging_tfidf_folds_is_refused(tmp_path, toy, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    CliRunner().invoke(main, ["cv", "--spec", str(toy), "--model", "tfidf", "--folds", "3", "--keep-models",
+                              "--name", "tf"])
+    result = CliRunner().invoke(main, ["predict", "--spec", str(toy), "--run", "tf", "--models", "merged"])
+    assert result.exit_code == 2 and "needs LoRA fold models" in result.output
