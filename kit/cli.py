@@ -158,7 +158,7 @@ class _KitGroup(click.Group):
     modules and are imported only when used, so `import kit.cli` stays cheap and acyclic."""
     lazy = {"bench-gpu": ("kit.bench_gpu", "bench_gpu"), "export": ("kit.export", "export"),
             "serve": ("kit.serve", "serve"), "runs": ("kit.report", "runs_command"),
-            "report": ("kit.report", "report_command")}
+            "report": ("kit.report", "report_command"), "blend": ("kit.ensemble", "blend_command")}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
