@@ -63,7 +63,7 @@ def _probs(frame, spec):
 
 def _fold_difference(first, other):
     """Why two runs' OOF rows are not the same folds, or None when they are."""
-    (run_a, config_a, ids_a, _, _, fold_a), (run_b, config_b, ids_b, _, _, fold_b) = first, other
+    (_, config_a, ids_a, _, _, fold_a), (_, config_b, ids_b, _, _, fold_b) = first, other
     settings = [f"{k} {config_a.get(k)} vs {config_b.get(k)}" for k in FOLD_SETTINGS
                 if config_a.get(k) != config_b.get(k)]
     if settings:
@@ -209,7 +209,7 @@ def fit_log_loss(truth, probs):
     """(weights, how): the simplex weights of least OOF log loss."""
     true_probs = _true_probs(truth, probs)
     try:
-        import scipy  # noqa: F401
+        import scipy  # noqa: F401  (only whether it is installed)
     except ImportError:
         return _on_simplex(_projected_gradient(true_probs)), "log loss (projected gradient)"
     weights = _slsqp(true_probs)

@@ -100,13 +100,18 @@ def test_frozen_bottom_caches_the_blocks_below_the_trained_one(tiny_arch, toy):
 
 
 # -- 3. the prefix KV cache gives the same scores as no cache -------------------------------------
+def untrained(tiny_arch, toy, family, head):
+    """The family's tiny model with a head, untrained; the toy rows' prompt ids; the pad id."""
+    spec, rows = spec_rows(toy)
+    model = make_model(Task.from_spec(spec), margs(tiny_arch, family, head=head), FAST)
+    ids, _ = model.encode(rows)
+    return model, model._load_base().eval(), ids, model.tokenizer.pad_token_id
+
+
 @pytest.mark.parametrize("family", ARCH_FAMILIES)
 def test_prefix_cache_gives_the_same_label_scores(tiny_arch, toy, family):
-    spec, rows = spec_rows(toy)
-    model = make_model(Task.from_spec(spec), margs(tiny_arch, family, head="generate"), FAST)
-    ids, _ = model.encode(rows)
-    base = model._load_base().eval()
-    pad, firsts = model.tokenizer.pad_token_id, [a[0] for a in model.answers]
+    model, base, ids, pad = untrained(tiny_arch, toy, family, "generate")
+    firsts = [a[0] for a in model.answers]
     assert PrefixCache(base, ids).length > 5           # the template + instruction is shared
     with_cache = score_labels(base, ids, firsts, pad, 8, True)
     without = score_labels(base, ids, firsts, pad, 8, False)
@@ -116,11 +121,7 @@ def test_prefix_cache_gives_the_same_label_scores(tiny_arch, toy, family):
 
 @pytest.mark.parametrize("family", ARCH_FAMILIES)
 def test_prefix_cache_gives_the_same_classify_probabilities(tiny_arch, toy, family):
-    spec, rows = spec_rows(toy)
-    model = make_model(Task.from_spec(spec), margs(tiny_arch, family, head="classify"), FAST)
-    ids, _ = model.encode(rows)
-    base = model._load_base().eval()
-    pad = model.tokenizer.pad_token_id
+    _, base, ids, pad = untrained(tiny_arch, toy, family, "classify")
     with_cache = classify_proba(base, ids, pad, 8, True)
     without = classify_proba(base, ids, pad, 8, False)
     assert np.all(np.isfinite(without))
