@@ -19,7 +19,7 @@ DEFAULT_SPEC = "data/competition.toml"
 
 TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission")
 COLUMN_KEYS = ("id", "label", "input")
-TASK_KEYS = ("instruction", "labels", "label_words", "metric", "max_length")
+TASK_KEYS = ("instruction", "labels", "label_words", "label_descriptions", "metric", "max_length")
 SUBMISSION_KEYS = ("columns", "id_column", "label_column", "sample", "sample_split", "fill")
 MAX_LENGTH_RANGE = (16, 131072)
 # The spec name names folders under runs/ and split names name files in a run folder: no
@@ -217,6 +217,19 @@ def _label_words(task, labels, where):
     return words
 
 
+def _descriptions(task, labels, words, where):
+    """[task] label_descriptions (label -> what it means), appended to the instruction as one
+    line per label word: the seeds' prompt lever for labels whose words say little ("1"/"0")."""
+    descriptions = _table(task, "label_descriptions", where)
+    unknown = [key for key in descriptions if key not in labels]
+    if unknown:
+        raise KitError(f"{where} label_descriptions: {unknown} not in labels {labels}")
+    for label, text in descriptions.items():
+        if not isinstance(text, str) or not text.strip():
+            raise KitError(f"{where} label_descriptions {label}: must be a non-empty string, got {text!r}")
+    return "".join(f"\n{words[label]}: {descriptions[label].strip()}" for label in labels if label in descriptions)
+
+
 def _metric(task, labels, where):
     metric = task.get("metric", "f1" if len(labels) == 2 else "macro_f1")
     if metric not in METRICS:
@@ -330,6 +343,7 @@ def load_spec(path=DEFAULT_SPEC):
     if not isinstance(instruction, str):
         raise KitError(f"{where} instruction: must be a string, got {instruction!r}")
     instruction = instruction.strip() or f"Classify the text. Answer with one of: {', '.join(words.values())}."
+    instruction += _descriptions(task, labels, words, where)
 
     where = f"{path} [columns]"
     id_column = _need(columns, "id", where)

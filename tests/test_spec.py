@@ -349,3 +349,16 @@ def test_fingerprint_ignores_splits_and_submission(tmp_path):
         d["answers"] = {"testB": "testB_labels.csv"}
         d["submission"]["sample"] = "test.csv"
     assert load(tmp_path, edit).fingerprint() == before
+
+
+def test_label_descriptions_join_the_instruction(tmp_path):
+    write_toy_competition(tmp_path)
+    path = write_spec(tmp_path, extra='')
+    text = path.read_text().replace('max_length = 64', 'max_length = 64\nlabel_descriptions = { "1" = "about animals", '
+                                    '"0" = "about anything else" }')
+    path.write_text(text)
+    spec = load_spec(path)
+    assert spec.instruction.endswith("\n0: about anything else\n1: about animals")
+    path.write_text(text.replace('"1" = "about animals"', '"2" = "x"'))
+    with pytest.raises(KitError, match=r"label_descriptions: \['2'\] not in labels"):
+        load_spec(path)
