@@ -44,21 +44,19 @@ def model_shape(path, trust_remote_code=False):
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-    from .models.transformer import _remote_code_guard
-    config = _remote_code_guard(path, AutoConfig.from_pretrained, path, trust_remote_code=trust_remote_code)
+    from .models.embedded import remote_code_guard
+    config = remote_code_guard(path, AutoConfig.from_pretrained, path, trust_remote_code=trust_remote_code)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     model.tie_weights()      # on the meta device the output layer is not tied until asked
     text = config.get_text_config()
-    blocks = [m for n, m in model.named_modules() if n.count(".") and _block_index(n) is not None]
     linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and _block_index(n) is not None]
     layers = text.num_hidden_layers
     return Shape(params=sum(p.numel() for p in model.parameters()),
                  linear_params=sum(m.weight.numel() for m in linears), layers=layers,
                  hidden=text.hidden_size, intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
                  vocab=text.vocab_size,
-                 lora_params_per_layer=sum(m.in_features + m.out_features for m in linears) // max(1, layers)
-                 if blocks else 0)
+                 lora_params_per_layer=sum(m.in_features + m.out_features for m in linears) // max(1, layers))
 
 
 def _block_index(name):

@@ -89,15 +89,15 @@ def _export_dtype(estimator, run):
 def _merged_model(estimator, run, labels, dtype):
     """The base (or full fine-tune) in dtype on the CPU, with the run's LoRA merged in."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from .models.transformer import _remote_code_guard
+    from .models.embedded import remote_code_guard
     common = {"trust_remote_code": estimator.trust_remote_code, "dtype": dtype}
     if estimator.args.head == "classify":
-        model = _remote_code_guard(
+        model = remote_code_guard(
             estimator.args.model, AutoModelForSequenceClassification.from_pretrained, estimator.path,
             num_labels=len(labels), id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)}, **common)
     else:
-        model = _remote_code_guard(estimator.args.model, AutoModelForCausalLM.from_pretrained, estimator.path,
+        model = remote_code_guard(estimator.args.model, AutoModelForCausalLM.from_pretrained, estimator.path,
                                    **common)
     if estimator.args.lora_r:
         from peft import PeftModel

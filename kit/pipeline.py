@@ -102,7 +102,6 @@ def _merge_shards(shards, n):
     probs = np.zeros((n, first.probs.shape[1]))
     decided, answers = [None] * n, None if first.answers is None else [None] * n
     parsed = None if first.parsed is None else np.full(n, -1)
-    stats = {}
     for index, part in shards:
         probs[index] = part.probs
         for j, i in enumerate(index):
@@ -111,13 +110,7 @@ def _merge_shards(shards, n):
                 answers[i] = part.answers[j]
         if parsed is not None:
             parsed[index] = part.parsed
-        for key in ("rows", "truncated_rows", "fallback_rows"):
-            if key in part.stats:
-                stats[key] = stats.get(key, 0) + part.stats[key]
-    if "mean_tokens" in first.stats:
-        stats["mean_tokens"] = round(sum(p.stats["mean_tokens"] * p.stats["rows"] for _, p in shards)
-                                     / max(1, stats["rows"]), 1)
-    return Prediction(probs, decided, answers, parsed, stats)
+    return Prediction(probs, decided, answers, parsed, _combined_stats([p.stats for _, p in shards]))
 
 
 def _read_progress(progress_file, key):
@@ -136,15 +129,20 @@ def _read_progress(progress_file, key):
 def _join_chunks(parts):
     answers = None if parts[0]["answers"] is None else sum((p["answers"] for p in parts), [])
     parsed = None if parts[0]["parsed"] is None else np.concatenate([p["parsed"] for p in parts])
+    return Prediction(np.concatenate([np.asarray(p["probs"]) for p in parts]),
+                      sum((p["decided"] for p in parts), []), answers, parsed,
+                      _combined_stats([p["stats"] for p in parts]))
+
+
+def _combined_stats(parts):
+    """Prediction stats of several parts of one split (chunks, ranks' shares) as one."""
     stats = {}
     for key in ("rows", "truncated_rows", "fallback_rows"):
-        if key in parts[0]["stats"]:
-            stats[key] = sum(p["stats"][key] for p in parts)
-    if "mean_tokens" in parts[0]["stats"]:
-        stats["mean_tokens"] = round(sum(p["stats"]["mean_tokens"] * p["stats"]["rows"] for p in parts)
-                                     / max(1, stats["rows"]), 1)
-    return Prediction(np.concatenate([np.asarray(p["probs"]) for p in parts]),
-                      sum((p["decided"] for p in parts), []), answers, parsed, stats)
+        if key in parts[0]:
+            stats[key] = sum(p[key] for p in parts)
+    if "mean_tokens" in parts[0]:
+        stats["mean_tokens"] = round(sum(p["mean_tokens"] * p["rows"] for p in parts) / max(1, stats["rows"]), 1)
+    return stats
 
 
 def predictions_frame(spec, ids, prediction, labels):

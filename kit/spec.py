@@ -199,14 +199,20 @@ def _labels(task, where):
     return labels
 
 
-def _label_words(task, labels, where):
-    words = _table(task, "label_words", where)
-    unknown = [key for key in words if key not in labels]
+def _per_label(task, key, labels, where):
+    """A [task] table of label -> non-empty string (label_words, label_descriptions)."""
+    table = _table(task, key, where)
+    unknown = [label for label in table if label not in labels]
     if unknown:
-        raise KitError(f"{where} label_words: {unknown} not in labels {labels}")
-    for label, word in words.items():
-        if not isinstance(word, str) or not word.strip():
-            raise KitError(f"{where} label_words {label}: must be a non-empty string, got {word!r}")
+        raise KitError(f"{where} {key}: {unknown} not in labels {labels}")
+    for label, text in table.items():
+        if not isinstance(text, str) or not text.strip():
+            raise KitError(f"{where} {key} {label}: must be a non-empty string, got {text!r}")
+    return table
+
+
+def _label_words(task, labels, where):
+    words = _per_label(task, "label_words", labels, where)
     words = {label: words.get(label, label) for label in labels}
     # two labels answered by the same word could never be told apart when parsing the answer
     seen = {}
@@ -220,13 +226,7 @@ def _label_words(task, labels, where):
 def _descriptions(task, labels, words, where):
     """[task] label_descriptions (label -> what it means), appended to the instruction as one
     line per label word: the seeds' prompt lever for labels whose words say little ("1"/"0")."""
-    descriptions = _table(task, "label_descriptions", where)
-    unknown = [key for key in descriptions if key not in labels]
-    if unknown:
-        raise KitError(f"{where} label_descriptions: {unknown} not in labels {labels}")
-    for label, text in descriptions.items():
-        if not isinstance(text, str) or not text.strip():
-            raise KitError(f"{where} label_descriptions {label}: must be a non-empty string, got {text!r}")
+    descriptions = _per_label(task, "label_descriptions", labels, where)
     return "".join(f"\n{words[label]}: {descriptions[label].strip()}" for label in labels if label in descriptions)
 
 

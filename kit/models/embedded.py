@@ -87,6 +87,18 @@ def _convert_gguf(gguf_path, target):
             raise
 
 
+def remote_code_guard(name, load, *args, **kwargs):
+    """transformers refuses a model that ships its own code with a long ValueError; say it in
+    one line, with the flag that allows it."""
+    try:
+        return load(*args, **kwargs)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise KitError(f"{name}: this model runs its own Python code (e.g. ChatGLM2/3); rerun with "
+                       "--trust-remote-code if you trust its source") from None
+
+
 def resolve_model(name):
     """A model name (embedded alias, local dir, hub id) -> what from_pretrained accepts."""
     if name in (None, "", EMBEDDED_LLM):

@@ -10,7 +10,7 @@ from ..errors import KitError
 from ..logs import log
 from ..prompts import PromptEncoder, answer_ids, first_tokens_differ
 from .base import HEADS, Estimator, Prediction
-from .embedded import resolve_model
+from .embedded import remote_code_guard, resolve_model
 
 
 def _quiet_transformers():
@@ -35,18 +35,6 @@ def _weights_dtype(precision, device, full_fine_tune):
     if device == "cpu" or precision == "fp32" or full_fine_tune:
         return torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def _remote_code_guard(name, load, *args, **kwargs):
-    """transformers refuses a model that ships its own code with a long ValueError; say it in
-    one line, with the flag that allows it."""
-    try:
-        return load(*args, **kwargs)
-    except ValueError as error:
-        if "trust_remote_code" not in str(error):
-            raise
-        raise KitError(f"{name}: this model runs its own Python code (e.g. ChatGLM2/3); rerun with "
-                       "--trust-remote-code if you trust its source") from None
 
 
 def _supports_sdpa(config):
@@ -90,12 +78,15 @@ class TransformerModel(Estimator):
         return self.args
 
     def _shape(self):
+        """The model's parameter counts (built once, on the meta device)."""
         from ..device import model_shape
-        try:
-            return model_shape(self.path, self.trust_remote_code)
-        except Exception as error:   # an architecture the meta-device build does not know
-            log(f"memory estimate skipped: {type(error).__name__}: {str(error)[:120]}")
-            return None
+        if not hasattr(self, "shape"):
+            try:
+                self.shape = model_shape(self.path, self.trust_remote_code)
+            except Exception as error:   # an architecture the meta-device build does not know
+                log(f"memory estimate skipped: {type(error).__name__}: {str(error)[:120]}")
+                self.shape = None
+        return self.shape
 
     def check_memory(self, batch_size):
         """Refuse before loading anything when the estimated peak would not fit."""
@@ -119,12 +110,12 @@ class TransformerModel(Estimator):
         from ..predict import is_decoder
         _quiet_transformers()
         remote = self.trust_remote_code
-        config = _remote_code_guard(self.args.model, AutoConfig.from_pretrained, self.path, trust_remote_code=remote)
+        config = remote_code_guard(self.args.model, AutoConfig.from_pretrained, self.path, trust_remote_code=remote)
         self.decoder = is_decoder(config)
         if not self.decoder and self.args.head == "generate":
             raise KitError(f"{self.args.model}: an encoder ({config.model_type}) has no generative head; "
                            "use --head classify")
-        tokenizer = _remote_code_guard(self.args.model, AutoTokenizer.from_pretrained, self.path,
+        tokenizer = remote_code_guard(self.args.model, AutoTokenizer.from_pretrained, self.path,
                                        trust_remote_code=remote)
         self.config = config
         if tokenizer.pad_token_id is None:
