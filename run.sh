@@ -40,9 +40,15 @@ case "${1:-}" in
     "$PY" -m kit check --spec "$SPEC"
     "$PY" -m kit prepare --spec "$SPEC"
     "$PY" -m kit train --spec "$SPEC"
+    for target in $(sed -n 's/^\[targets\.\([A-Za-z0-9_-]*\)\].*/\1/p' "$SPEC"); do   # predicted columns (Keywords)
+      "$PY" -m kit train --spec "$SPEC" --target "$target"
+    done
     "$PY" -m kit cv --spec "$SPEC" --model tfidf --folds 3          # seconds: fills the report's CV sections
     "$PY" -m kit predict --spec "$SPEC" --split test --report
     "$PY" -m kit check --spec "$SPEC" --submission submissions/submit.csv --split test
+    if grep -q '^\[answers\]' "$SPEC"; then                       # a labelled copy of test: score it locally
+      "$PY" -m kit score --spec "$SPEC" --pred submissions/submit.csv --split test
+    fi
     echo "== done in $(( $(date +%s) - start )) s; upload: $(pwd)/submissions/submit.csv"
     ;;
   *)

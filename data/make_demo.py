@@ -254,7 +254,7 @@ def main():
     write("train.csv", train, ["uuid", "title", "author", "abstract", "Keywords", "label"])
     for name, rows in (("test", test), ("testB", test_b)):
         write(f"{name}.csv", rows, ["uuid", "title", "author", "abstract"])
-        write(f"{name}_labels.csv", rows, ["uuid", "label"])
+        write(f"{name}_labels.csv", rows, ["uuid", "Keywords", "label"])
     write("sample_submission.csv", [{"uuid": r["uuid"], "Keywords": "", "label": 0} for r in test],
           ["uuid", "Keywords", "label"])
 

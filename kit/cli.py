@@ -37,6 +37,13 @@ TRUST_REMOTE_CODE = click.option(
          "never from a run folder or a sweep file.")
 
 
+TARGET = click.option(
+    "--target", default=None, metavar="COLUMN",
+    help="Work on a predicted submission column of the spec's [targets] (e.g. Keywords) instead of the label. "
+         "Its roads are --model tfidf (top TF-IDF n-grams), minilm (MiniLM similarity + MMR diversity) or an LLM "
+         "(smollm2, a path, a hub id: LoRA writes the keyword list).")
+
+
 def _spec_option(command):
     return click.option("--spec", "spec_path", default="data/competition.toml", show_default=True,
                         type=click.Path(dir_okay=False), help="The competition spec (TOML).")(command)
@@ -97,6 +104,22 @@ def _model_options(command, multiple_models=False):
         click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULTS_T.checkpoint_every,
                      show_default=True, help="Save a resumable checkpoint every N steps (0: never)."),
         click.option("--class-weights", is_flag=True, help="Weight the classify loss by inverse class frequency."),
+        click.option("--pseudo", default=None, metavar="RUN[:SPLIT]",
+                     help="Pseudo-labels: add SPLIT's rows (default test) whose top probability in RUN's "
+                          "predictions-SPLIT.csv reaches --pseudo-threshold, labelled with its argmax. Under "
+                          "`kit cv`, RUN must be a `kit cv --keep-models` run on the same folds: fold k uses its "
+                          "fold-k model only."),
+        click.option("--pseudo-threshold", type=click.FloatRange(0.5, 1), default=DEFAULTS_T.pseudo_threshold,
+                     show_default=True, help="The top probability a split row needs to become a pseudo-label."),
+        click.option("--pseudo-soft", is_flag=True,
+                     help="Learn the pseudo rows' probability vectors instead of their argmax (--head classify)."),
+        click.option("--teacher", default=None, metavar="RUN",
+                     help="Distil: learn RUN's probabilities beside the labels (its oof.csv; under `kit cv` its "
+                          "fold-k model for fold k). Loss (1 - W) * CE + W * T^2 * KL(teacher_T || student_T)."),
+        click.option("--kl-weight", type=click.FloatRange(0, 1), default=DEFAULTS_T.kl_weight, show_default=True,
+                     help="W: the teacher's share of the loss."),
+        click.option("--temperature", type=click.FloatRange(0, min_open=True), default=DEFAULTS_T.temperature,
+                     show_default=True, help="T: both distributions are softened by it before the KL."),
         click.option("--predict-batch-size", type=click.IntRange(min=1), default=DEFAULTS_M.predict_batch_size,
                      show_default=True),
         click.option("--overwrite", is_flag=True,
@@ -198,7 +221,9 @@ def prepare(spec_path, out):
     """Write the instruction data (Alpaca JSON, chat JSONL, dataset_info.json)."""
     from .data import prepare as write_prepared
     result = write_prepared(_load(spec_path), out)
-    _say(f"prepared {result['rows']} rows: {result['alpaca']}, {result['messages']}, {result['dataset_info']}")
+    for name, (rows, files) in result["written"].items():
+        _say(f"prepared {name}: {rows} rows: {', '.join(files)}")
+    _say(f"dataset info: {result['dataset_info']}")
 
 
 @main.command()
@@ -207,13 +232,14 @@ def prepare(spec_path, out):
 @click.option("--name", default=None,
               help="Run folder name under runs/ (default: <spec>-<model>-<head>-<settings key>).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (same settings only).")
+@TARGET
 @_friendly
-def train(spec_path, name, resume, trust_remote_code, overwrite, **options):
+def train(spec_path, name, resume, trust_remote_code, overwrite, target, **options):
     """Fine-tune on the whole train split; saves runs/<name>/."""
     from .pipeline import train_run
     model_args, train_args, max_length = _split_args(options)
     directory, stats = train_run(_load(spec_path, max_length), model_args, train_args, name, resume, overwrite,
-                                 trust_remote_code)
+                                 trust_remote_code, target=target)
     loss = f"; final loss {stats['final_loss']}" if stats["final_loss"] is not None else ""
     _say(f"trained {directory} in {stats['train_seconds']} s{loss}")
 
@@ -238,26 +264,51 @@ def train(spec_path, name, resume, trust_remote_code, overwrite, **options):
               help="full: the run's full-train model; folds: average the fold models' probabilities (kept by "
                    "`kit cv --keep-models`); merged: average their LoRA weights into one adapter first; "
                    "auto: full when the run has one, else folds.")
+@click.option("--target-run", "target_runs", multiple=True, metavar="COLUMN=RUN",
+              help="The run that predicts a [targets] column (default: its latest trained run). Repeatable.")
 @TRUST_REMOTE_CODE
 @_friendly
-def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code, report_out, models):
+def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code, report_out, models,
+            target_runs):
     """Predict a split and write a validated submission."""
     from .pipeline import predict_split
     spec = _load(spec_path)
     result = predict_split(spec, split, run, mode, threshold, out, allow_spec_change=allow_spec_change,
-                           trust_remote_code=trust_remote_code, models=models)
+                           trust_remote_code=trust_remote_code, models=models,
+                           target_runs=_column_runs(target_runs, spec))
     if result is None:                      # not rank 0: rank 0 wrote the submission
         return
-    path, pred_path, stats = result
-    decided = ", ".join(f"{k}: {v}" for k, v in stats["decided"].items())
-    _say(f"predicted {stats['rows']} rows of {split} in {stats['seconds']} s ({stats['rows_per_s']} rows/s,"
-               f" {stats.get('mean_tokens', '-')} tokens per row, {stats.get('truncated_rows', 0)} truncated); "
-               f"decided by {decided}; {stats.get('fallback_rows', 0)} fell back")
-    _say(f"per-row predictions: {pred_path}")
+    path, label_result, target_stats = result
+    if label_result is not None:
+        pred_path, stats = label_result
+        decided = ", ".join(f"{k}: {v}" for k, v in stats["decided"].items())
+        _say(f"predicted {stats['rows']} rows of {split} in {stats['seconds']} s ({stats['rows_per_s']} rows/s,"
+             f" {stats.get('mean_tokens', '-')} tokens per row, {stats.get('truncated_rows', 0)} truncated); "
+             f"decided by {decided}; {stats.get('fallback_rows', 0)} fell back")
+        _say(f"per-row predictions: {pred_path}")
+    for column, stats in target_stats.items():
+        decided = ", ".join(f"{k}: {v}" for k, v in stats["decided"].items())
+        scored = stats.get("scores")
+        _say(f"{column}: {stats['rows']} rows in {stats['seconds']} s; decided by {decided}; "
+             f"{stats['empty_rows']} empty" + (f"; exact F1 {scored['exact_f1']:.4f}, partial F1 "
+                                               f"{scored['partial_f1']:.4f} against the split's {column}"
+                                               + (" (its training rows)" if scored.get("on_training_rows") else "")
+                                               if scored else ""))
     _say(f"submission: {path}")
-    if report_out:
+    if report_out and label_result is not None:
         from .report import write_report
-        _say(f"report: {write_report([Path(stats['run'])], spec, report_out, split)}")
+        _say(f"report: {write_report([Path(label_result[1]['run'])], spec, report_out, split)}")
+
+
+def _column_runs(pairs, spec):
+    """--target-run COLUMN=RUN pairs as a dict, each column one of the spec's targets."""
+    runs = {}
+    for pair in pairs:
+        column, _, run = pair.partition("=")
+        if not run or column not in spec.targets:
+            raise KitError(f"--target-run {pair!r}: write COLUMN=RUN with COLUMN one of {sorted(spec.targets) or 'none'}")
+        runs[column] = run
+    return runs
 
 
 @main.command()
@@ -277,9 +328,10 @@ def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trus
               help="Keep each fold's model in the run folder, for `kit predict --models folds|merged`.")
 @click.option("--report", "report_out", is_flag=False, flag_value="reports/report.html", default=None,
               help="Also write the HTML report (default path reports/report.html).")
+@TARGET
 @_friendly
 def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, trust_remote_code, overwrite,
-       report_out, keep_models, **options):
+       report_out, keep_models, target, **options):
     """Cross-validate: OOF score, per-fold spread, the TF-IDF baseline beside it."""
     from dataclasses import replace
     from .cv import cross_validate, format_scores, read_sweep, split_overrides, table, verdict
@@ -288,6 +340,13 @@ def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, tru
     models = options.pop("model") or (DEFAULTS_M.model,)
     model_args, train_args, max_length = _split_args(options)
     spec = _load(spec_path, max_length)
+    if target:
+        from .levers import refuse_for_target
+        refuse_for_target(train_args)
+        return _cv_target(spec, target, models, model_args, train_args, folds, holdout, fold_seed, name, overwrite,
+                          trust_remote_code, no_baseline)
+    from .pipeline import require_label
+    require_label(spec, "cross-validate")
     configs = []   # (name, spec, ModelArgs, TrainArgs)
     if sweep:
         for entry in read_sweep(sweep):
@@ -299,7 +358,8 @@ def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, tru
             m = replace(model_args, model=model)
             configs.append((name if name and len(models) == 1 else None, spec, m, train_args))
     if not no_baseline and not any(m.model == TFIDF for _, _, m, _ in configs):
-        configs.insert(0, (None, spec, ModelArgs(model=TFIDF), train_args))
+        from .levers import without_levers      # the baseline stays the plain classical reference
+        configs.insert(0, (None, spec, ModelArgs(model=TFIDF), without_levers(train_args)))
     results = []
     for config_name, s, m, t in configs:
         scores = cross_validate(s, m, t, folds, holdout, fold_seed, mode, config_name, overwrite, trust_remote_code,
@@ -325,6 +385,31 @@ def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, tru
         _say(f"report: {write_report([RUNS / s['config']['name'] for s in results], spec, report_out)}")
 
 
+def _cv_target(spec, target, models, model_args, train_args, folds, holdout, fold_seed, name, overwrite,
+               trust_remote_code, no_baseline):
+    """`kit cv --target COLUMN`: each road on the same folds, the TF-IDF road beside them."""
+    from dataclasses import replace
+    from .data import write_json, write_text
+    from .runs import RUNS
+    from .targets import cross_validate_target, format_target_scores, target_table
+    if not no_baseline and TFIDF not in models:
+        models = (TFIDF, *models)
+    results = []
+    for model in models:
+        scores = cross_validate_target(spec, target, replace(model_args, model=model), train_args, folds, holdout,
+                                       fold_seed, name if name and len(models) == 1 else None, overwrite,
+                                       trust_remote_code)
+        _say(format_target_scores(scores) + "\n")
+        results.append(scores)
+    summary = target_table(results)
+    _say(summary)
+    if len(results) > 1:
+        stem = f"{spec.name}.{target}-compare"
+        write_text(RUNS / f"{stem}-table.md", summary + "\n")
+        write_json(RUNS / f"{stem}-table.json", results)
+        _say(f"table saved: {RUNS / f'{stem}-table.md'}")
+
+
 @main.command()
 @_spec_option
 @click.option("--pred", required=True, type=click.Path(dir_okay=False),
@@ -344,7 +429,19 @@ def score(spec_path, pred, split, truth):
             raise KitError(f"{spec.path}: no [answers] entry for split {split!r}; "
                            f"it has {sorted(spec.answers) or 'none'}; or pass --truth FILE")
         truth = spec.answers[split]
-    _say(format_report(score_file(spec, pred, truth), spec.labels))
+    from .data import read_csv
+    from .targets import score_target_columns
+    frame = read_csv(pred)
+    keyword_scores = score_target_columns(spec, frame, pred, truth)
+    label_columns = ("label", spec.submission_label, spec.label_column)
+    if spec.has_labels and (any(c in frame.columns for c in label_columns if c) or not keyword_scores):
+        _say(format_report(score_file(spec, pred, truth), spec.labels))
+    for column, scores in keyword_scores.items():
+        _say(f"{column}: exact P/R/F1 {scores['exact_precision']:.4f} / {scores['exact_recall']:.4f} / "
+             f"{scores['exact_f1']:.4f}; partial F1 {scores['partial_f1']:.4f} over {scores['rows']} rows")
+    if not spec.has_labels and not keyword_scores:
+        raise KitError(f"{pred}: nothing to score; it has none of the columns {sorted(spec.targets)} whose answers "
+                       f"{truth} holds")
 
 
 @main.command()

@@ -16,6 +16,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from . import dist
 from .data import atomic_write, load_rows, write_json
 from .errors import KitError
+from .levers import for_cv
 from .logs import log
 from .metrics import decide, format_report, metric_value, report, tune_threshold
 from .models import ModelArgs, Prediction, Task, make_model
@@ -63,9 +64,10 @@ def _saved_fold(path, key):
     return saved
 
 
-def _run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models=False):
+def _run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models=False, levers=None):
     """Fit on every row outside the fold, predict the fold; saved so a re-run skips it. With
-    keep_models the fold's model is kept too (a fold ensemble predicts with them)."""
+    keep_models the fold's model is kept too (a fold ensemble predicts with them). levers
+    (kit/levers.py) add this fold's pseudo rows and teacher probabilities to its training rows."""
     path = run.fold_result(number)
     saved = _saved_fold(path, key)
     kept = (run.fold_model(number) / "kit_model.json").is_file()
@@ -78,12 +80,19 @@ def _run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models=Fal
     pick = (lambda index: ([encoded[0][i] for i in index], encoded[1])) if encoded else (lambda index: None)
     checkpoint = run.fold_checkpoint(number)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    stats = fit_timed(model, rows.subset(train_index), pick(train_index), checkpoint, resume=True,
+    train_rows, train_encoded, lever_stats = rows.subset(train_index), pick(train_index), {}
+    if levers is not None:
+        train_rows, train_encoded, lever_stats = levers.training(number, train_rows, train_encoded)
+    stats = fit_timed(model, train_rows, train_encoded, checkpoint, resume=True,
                       checkpoint_key=fingerprint(key, number))
+    stats.update(lever_stats)
     start = time.time()
     prediction = model.predict(rows.subset(held_index), mode, encoded=pick(held_index))
     seconds = time.time() - start
+    # model_id names the kept model, so a reader (kit/levers.py) can tell it from a model an
+    # earlier CV of other folds left in the folder
     result = {"key": key, "fold": number, "index": held_index.tolist(), "probs": prediction.probs.tolist(),
+              "model_id": model.model_id if keep_models else None,
               "decided": prediction.decided, "answers": prediction.answers,
               "parsed": None if prediction.parsed is None else prediction.parsed.tolist(),
               "stats": {**stats, "loss_log": getattr(model, "loss_log", []), "predict_seconds": round(seconds, 1),
@@ -110,6 +119,8 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     task = Task.from_spec(spec)
     encoder = make_model(task, model_args, train_args, trust_remote_code)
     model_args = encoder.resolve_args()    # `auto` -> this device's values, part of the run's key
+    # pseudo rows and teacher probabilities per fold, from the teacher's fold models only
+    levers, train_args = for_cv(spec, rows, fold, encoder, train_args, runs, trust_remote_code)
     run = open_run(spec, model_args, train_args, name, overwrite, runs)
     key = fingerprint(run.key, fold.tolist(), mode)
     def make():
@@ -125,7 +136,7 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     # N ranks (torchrun / accelerate launch): folds side by side, fold k on rank k mod N
     for number in numbers[dist.rank()::dist.world_size()]:
         log(f"cv: fold {number + 1} of {len(numbers)} ({run.name})")
-        results.append(_run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models))
+        results.append(_run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models, levers))
     results = sorted((r for part in dist.gather(results) for r in part), key=lambda r: r["fold"])
     if not dist.is_main():
         return None

@@ -33,13 +33,16 @@ class Rows:
     ids: list
     texts: list
     labels: list = None      # label indices into spec.labels, or None for unlabelled splits
+    soft: list = None        # levers (kit/levers.py): per row a probability vector to learn instead
+                             # of the label (a soft pseudo-label), or None
+    teacher: list = None     # per row the teacher's probability per label (distillation), or None
 
     def __len__(self):
         return len(self.ids)
 
     def subset(self, index):
-        return Rows([self.ids[i] for i in index], [self.texts[i] for i in index],
-                    None if self.labels is None else [self.labels[i] for i in index])
+        pick = lambda values: None if values is None else [values[i] for i in index]   # noqa: E731
+        return Rows(pick(self.ids), pick(self.texts), pick(self.labels), pick(self.soft), pick(self.teacher))
 
 
 def _is_cjk(ch):
@@ -242,7 +245,7 @@ def load_rows(spec, split="train"):
         log(f"{path}: {empty} row(s) have empty input fields; "
             + ("they still get a prediction" if split != "train" else "they are kept for training"))
     labels = None
-    if split == "train":
+    if split == "train" and spec.has_labels:
         require_columns(frame, [spec.label_column], path, "the spec's [columns] label")
         labels = normalise_labels(frame[spec.label_column].tolist(), spec.labels, path, spec.label_column)
         require_two_labels(labels, spec, path)
@@ -297,28 +300,43 @@ def write_json(path, obj):
 
 
 def prepare(spec, out_dir):
-    """Instruction data for any trainer: Alpaca JSON, chat messages JSONL, dataset_info.json."""
-    rows, _ = load_rows(spec, "train")
+    """Instruction data for any trainer: Alpaca JSON, chat messages JSONL, dataset_info.json;
+    one data set for the label and one per [targets] column that has answers to learn from."""
     out_dir = Path(out_dir)
-    answers = [spec.label_words[spec.labels[i]] for i in rows.labels]
-    alpaca = [{"instruction": spec.instruction, "input": text, "output": answer}
-              for text, answer in zip(rows.texts, answers)]
-    messages = [{"messages": [{"role": "system", "content": spec.instruction},
+    dataset_info, written = {}, {}
+    if spec.has_labels:
+        rows, _ = load_rows(spec, "train")
+        answers = [spec.label_words[spec.labels[i]] for i in rows.labels]
+        written[spec.name] = _instruction_data(out_dir, spec.name, spec.instruction, rows.texts, answers, dataset_info)
+    from .targets import keyword_task, target_rows
+    for column, target in spec.targets.items():
+        if target.source is None:
+            continue
+        target_spec = spec.for_target(column)
+        rows, frame = target_rows(target_spec, "train")
+        separator = keyword_task(target_spec, frame).separator
+        kept = [i for i, keywords in enumerate(rows.labels) if keywords]
+        written[target_spec.name] = _instruction_data(
+            out_dir, target_spec.name, target_spec.instruction, [rows.texts[i] for i in kept],
+            [separator.join(rows.labels[i]) for i in kept], dataset_info)
+    write_json(out_dir / "dataset_info.json", dataset_info)
+    return {"written": written, "dataset_info": str(out_dir / "dataset_info.json")}
+
+
+def _instruction_data(out_dir, name, instruction, texts, answers, dataset_info):
+    """Write one data set in both forms and add its LLaMA-Factory entries; (rows, files)."""
+    alpaca = [{"instruction": instruction, "input": text, "output": answer} for text, answer in zip(texts, answers)]
+    messages = [{"messages": [{"role": "system", "content": instruction},
                               {"role": "user", "content": text},
                               {"role": "assistant", "content": answer}]}
-                for text, answer in zip(rows.texts, answers)]
-    alpaca_file, chat_file = f"{spec.name}_alpaca.json", f"{spec.name}_messages.jsonl"
+                for text, answer in zip(texts, answers)]
+    alpaca_file, chat_file = f"{name}_alpaca.json", f"{name}_messages.jsonl"
     write_text(out_dir / alpaca_file, json.dumps(alpaca, ensure_ascii=False, indent=1) + "\n")
     write_text(out_dir / chat_file, "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in messages))
-    dataset_info = {  # LLaMA-Factory's format: point its dataset_dir at out_dir
-        spec.name: {"file_name": alpaca_file,
-                    "columns": {"prompt": "instruction", "query": "input", "response": "output"}},
-        f"{spec.name}_messages": {"file_name": chat_file, "formatting": "sharegpt",
-                                  "columns": {"messages": "messages"},
-                                  "tags": {"role_tag": "role", "content_tag": "content",
-                                           "user_tag": "user", "assistant_tag": "assistant",
-                                           "system_tag": "system"}},
-    }
-    write_json(out_dir / "dataset_info.json", dataset_info)
-    return {"rows": len(rows), "alpaca": str(out_dir / alpaca_file), "messages": str(out_dir / chat_file),
-            "dataset_info": str(out_dir / "dataset_info.json")}
+    dataset_info[name] = {"file_name": alpaca_file,       # LLaMA-Factory's format: point its dataset_dir here
+                          "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
+    dataset_info[f"{name}_messages"] = {"file_name": chat_file, "formatting": "sharegpt",
+                                        "columns": {"messages": "messages"},
+                                        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                                 "assistant_tag": "assistant", "system_tag": "system"}}
+    return len(texts), [str(out_dir / alpaca_file), str(out_dir / chat_file)]

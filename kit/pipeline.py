@@ -39,19 +39,38 @@ def fit_timed(model, rows, encoded=None, checkpoint=None, resume=False, checkpoi
     return stats
 
 
+def require_label(spec, command):
+    """A spec whose only task is a [targets] column has no label model to train or score."""
+    if not spec.has_labels:
+        raise KitError(f"{spec.path} has no [columns] label; {command} a predicted column with --target "
+                       f"{next(iter(spec.targets))}")
+
+
 def train_run(spec, model_args, train_args, name=None, resume=False, overwrite=False,
-              trust_remote_code=False, runs=RUNS):
-    """`kit train`: fit on the whole train split and save the run's model."""
-    rows, _ = load_rows(spec, "train")
-    model = make_model(Task.from_spec(spec), model_args, train_args, trust_remote_code)
-    model_args = model.resolve_args()      # `auto` -> this device's values, part of the run's key
+              trust_remote_code=False, runs=RUNS, target=None):
+    """`kit train`: fit on the whole train split and save the run's model (the label's, or with
+    target the model of a predicted [targets] column)."""
+    from . import levers
+    lever_stats = {}
+    if target:
+        from .targets import setup
+        levers.refuse_for_target(train_args)
+        spec, rows, model, model_args = setup(spec, target, model_args, train_args, trust_remote_code)
+    else:
+        require_label(spec, "train")
+        rows, _ = load_rows(spec, "train")
+        model = make_model(Task.from_spec(spec), model_args, train_args, trust_remote_code)
+        model_args = model.resolve_args()      # `auto` -> this device's values, part of the run's key
+        # pseudo rows and teacher probabilities; their fingerprints join the run's key
+        rows, train_args, lever_stats = levers.for_train(spec, rows, model, train_args, runs)
+        model.train_args = train_args
     run = open_run(spec, model_args, train_args, name, overwrite, runs)
     if dist.is_main():
         run.clear_predict_progress()
     ranks = f" on {dist.world_size()} ranks ({dist.backend()})" if dist.active() else ""
     log(f"train: {len(rows)} rows, model {model_args.model}, head {model_args.head}, run {run.directory}{ranks}")
     stats = fit_timed(model, rows, checkpoint=run.checkpoint, resume=resume, checkpoint_key=run.key)
-    stats["world_size"] = dist.world_size()
+    stats.update(lever_stats, world_size=dist.world_size())
     if not dist.is_main():           # rank 0 writes the model; the others are done
         return run.directory, stats
     staging = run.directory / "model.tmp"
@@ -204,10 +223,40 @@ def load_predictor(run, models="auto", trust_remote_code=False):
 
 
 def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS,
-                  allow_spec_change=False, trust_remote_code=False, models="auto"):
-    """`kit predict`: predictions for a split, then a validated submission written atomically."""
+                  allow_spec_change=False, trust_remote_code=False, models="auto", target_runs=None):
+    """`kit predict`: the label's predictions for a split and every predicted [targets] column,
+    then a validated submission written atomically. Returns (submission path, the label's
+    (per-row file, stats) or None, {target column: stats}); None on ranks other than 0."""
     rows, frame = load_rows(spec, split)       # input errors first: they need no trained run
     submit.check_destination(out)             # and a submission that could not be written
+    from .targets import find_target_run, predict_targets
+    for column in spec.targets:                # a missing keyword model is found before any label work
+        find_target_run(spec, column, (target_runs or {}).get(column), allow_spec_change, runs)
+    labels = label_result = None
+    if spec.has_labels:
+        label_result = _predict_labels(spec, split, rows, run, mode, threshold, runs, allow_spec_change,
+                                       trust_remote_code, models)
+        if label_result is None:       # another rank: rank 0 gathered its rows and writes
+            return None
+        labels, run, table = label_result[:3]
+    predicted, promised, target_stats = predict_targets(spec, split, frame, target_runs, allow_spec_change,
+                                                        trust_remote_code, runs)
+    submission = submit.build(spec, frame, rows.ids, labels, spec.split_path(split), predicted)
+    submit.validate(spec, submission, rows.ids, split, where=f"submission for {split}", promised=promised)
+    submit.write(submission, out)
+    if label_result is None:
+        submit.write_scores_beside(out, None)
+        return out, None, target_stats
+    stats = label_result[3]
+    atomic_write(run.predictions(split), lambda tmp: table.to_csv(tmp, index=False))
+    submit.write_scores_beside(out, run.cv_scores if run.cv_scores.exists() else None)
+    run.predict_progress(split, mode).unlink(missing_ok=True)
+    write_json(run.predict_stats(split), stats)
+    return out, (run.predictions(split), stats), target_stats
+
+
+def _predict_labels(spec, split, rows, run, mode, threshold, runs, allow_spec_change, trust_remote_code, models):
+    """(label strings, run, per-row table, stats) of the label model; None on ranks other than 0."""
     run = trained_run(spec, run, allow_spec_change, runs)
     cut = resolve_threshold(spec, threshold, run)
     model, used = load_predictor(run, models, trust_remote_code)
@@ -217,23 +266,16 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     start = time.time()
     prediction = _predict_rows(model, rows, mode, run.predict_progress(split, mode))
     seconds = time.time() - start
-    if prediction is None:           # another rank: rank 0 gathered its rows and writes
+    if prediction is None:
         return None
     labels = decide(prediction.probs, prediction.parsed, cut if cut is not None else 0.5, positive=1)
     table = predictions_frame(spec, rows.ids, prediction, labels)
-    submission = submit.build(spec, frame, rows.ids, [spec.labels[i] for i in labels], spec.split_path(split))
-    submit.validate(spec, submission, rows.ids, split, where=f"submission for {split}")
-    atomic_write(run.predictions(split), lambda tmp: table.to_csv(tmp, index=False))
-    submit.write(submission, out)
-    submit.write_scores_beside(out, run.cv_scores if run.cv_scores.exists() else None)
-    run.predict_progress(split, mode).unlink(missing_ok=True)
     stats = {"split": split, "run": str(run.directory), "rows": len(rows), "mode": mode,
              "seconds": round(seconds, 1), "rows_per_s": round(len(rows) / seconds, 2) if seconds else None,
              "threshold": cut if cut is not None else 0.5, "model_id": model.model_id, "models": used,
              "decided": {k: int(v) for k, v in pd.Series(prediction.decided).value_counts().items()},
              **prediction.stats}
-    write_json(run.predict_stats(split), stats)
-    return out, run.predictions(split), stats
+    return [spec.labels[i] for i in labels], run, table, stats
 
 
 def score_file(spec, pred_path, truth_path):

@@ -159,3 +159,20 @@ def generate_labels(model, tokenizer, ids, answers, words, pad_id, batch_size=32
                 label = parse_answer(text, words)
                 parsed[i] = -1 if label is None else label
     return probs, parsed, raw
+
+
+def generate_texts(model, tokenizer, ids, pad_id, batch_size=32, max_new_tokens=64, stop_id=None):
+    """Greedy continuations of each prompt (the generate head of a predicted text column),
+    decoded without special tokens; generation stops at stop_id (the turn's end)."""
+    texts = [""] * len(ids)
+    with torch.no_grad():
+        for index in tqdm(batches_by_length(ids, batch_size), desc="generate", unit="batch", dynamic_ncols=True,
+                          disable=not PROGRESS):
+            batch = pad_batch([ids[i] for i in index], pad_id, True, model.device)
+            out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                 eos_token_id=stop_id if stop_id is not None else tokenizer.eos_token_id)
+            decoded = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, text in zip(index, decoded):
+                texts[i] = text.strip()
+    return texts

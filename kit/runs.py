@@ -53,10 +53,22 @@ def device_name():
     return f"cpu: {torch.get_num_threads()} threads"
 
 
+LEVER_KEYS = ("pseudo", "pseudo_threshold", "pseudo_soft", "pseudo_fingerprint", "teacher", "kl_weight",
+              "temperature", "teacher_fingerprint")
+
+
+def _keyed_train_args(train_args):
+    """The training arguments that decide what is learned. Without pseudo-labels or a teacher the
+    levers' settings are left out, so runs made before the levers existed keep their keys."""
+    levers_on = train_args.pseudo is not None or train_args.teacher is not None
+    return {k: v for k, v in asdict(train_args).items()
+            if k not in NOT_KEYED_TRAIN and (levers_on or k not in LEVER_KEYS)}
+
+
 def effective_config(spec, model_args, train_args):
     """Everything a run is made from; `key` covers the parts that decide what is learned."""
     model = {k: v for k, v in asdict(model_args).items() if k not in RUNTIME_ARGS_MODEL}
-    train = {k: v for k, v in asdict(train_args).items() if k not in NOT_KEYED_TRAIN}
+    train = _keyed_train_args(train_args)
     base = base_identity(model_args.model)
     data = {"path": str(spec.train), "fingerprint": file_fingerprint(spec.train)}
     key = fingerprint(spec.fingerprint(), model, train, base["fingerprint"], data["fingerprint"])

@@ -17,14 +17,36 @@ from .errors import KitError
 METRICS = ("f1", "macro_f1", "accuracy", "auc")
 DEFAULT_SPEC = "data/competition.toml"
 
-TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission")
+TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission", "targets")
 COLUMN_KEYS = ("id", "label", "input")
 TASK_KEYS = ("instruction", "labels", "label_words", "label_descriptions", "metric", "max_length")
 SUBMISSION_KEYS = ("columns", "id_column", "label_column", "sample", "sample_split", "fill")
+TARGET_KEYS = ("kind", "source", "extractor", "train", "input", "instruction", "separator", "count", "max_count",
+               "metric", "max_length")
+TARGET_KINDS = ("keywords",)             # a later kind (a summary: "text") fits the same table
+EXTRACTORS = ("minilm", "tfidf")
+TARGET_METRICS = ("exact_f1", "partial_f1")
 MAX_LENGTH_RANGE = (16, 131072)
 # The spec name names folders under runs/ and split names name files in a run folder: no
 # separators, no leading dot, nothing that could climb out of the folder.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass
+class Target:
+    """A submission column the kit predicts (beside the label): today a keyword list."""
+    column: str
+    kind: str = "keywords"
+    source: str = None          # the train column holding its answers; None: the extractor alone
+    extractor: str = "minilm"   # the unsupervised road; also where the LLM road's empty answers fall back
+    train: str = None           # a train CSV of its own (default: the spec's train file)
+    input_template: str = ""    # the text the keywords come from (default: [columns] input)
+    instruction: str = "Write the keywords of this text."
+    separator: str = None       # how the submission joins them; None: as the source column does, else "; "
+    count: int = None           # how many an extractor writes; None: the source's median, else 5
+    max_count: int = 10         # the most any road writes
+    metric: str = "exact_f1"    # the competition's: exact_f1 or partial_f1
+    max_length: int = 256
 
 
 @dataclass
@@ -34,7 +56,7 @@ class Spec:
     train: Path
     splits: dict                 # split name -> CSV path
     id_column: str
-    label_column: str
+    label_column: str            # None: the spec predicts only [targets] columns
     input_template: str          # "title:{title},abstract:{abstract}"
     instruction: str
     labels: list                 # label values in their CSV form, e.g. ["0", "1"]
@@ -49,6 +71,27 @@ class Spec:
     sample_split: str = "test"                 # the split whose ids the sample lists
     answers: dict = field(default_factory=dict)  # split -> labelled CSV, for `kit score --split`
     raw: dict = field(default_factory=dict)    # the TOML as read, saved with every run
+    targets: dict = field(default_factory=dict)  # predicted submission column -> Target
+    target: dict = None        # set on a target's own spec (Spec.for_target): what keys its runs
+
+    @property
+    def has_labels(self):
+        """False for a spec whose only task is a predicted column (keywords, no label)."""
+        return self.label_column is not None
+
+    def for_target(self, column):
+        """The spec a predicted column is learned and scored under: its answers (source column,
+        own train file), its input text and instruction. Its own name keeps its runs apart from
+        the label's runs (runs/<spec>.<column>-...)."""
+        from dataclasses import asdict, replace
+        if column not in self.targets:
+            raise KitError(f"{self.path}: no [targets.{column}]; targets: {sorted(self.targets) or 'none'}")
+        target = self.targets[column]
+        return replace(self, name=f"{self.name}.{re.sub(r'[^A-Za-z0-9_-]', '_', column)}"[:64],
+                       train=target.train or self.train, label_column=target.source, labels=[], label_words={},
+                       instruction=target.instruction, metric=target.metric, input_template=target.input_template,
+                       max_length=target.max_length,
+                       target={k: v for k, v in asdict(target).items() if k != "train"})   # the data key covers it
 
     @property
     def positive(self):
@@ -81,6 +124,7 @@ class Spec:
             "input_template": str(self.input_template),
             "id_column": str(self.id_column),
             "label_column": str(self.label_column),
+            **({"target": self.target} if self.target else {}),
         }
 
     def fingerprint(self):
@@ -263,9 +307,10 @@ def _safe_name(name, message):
     return name
 
 
-def _submission(submission, id_column, label_column, splits, base, where):
-    """(columns, id column, label column, fill, sample path, sample split) of [submission]."""
-    columns = submission.get("columns", [id_column, label_column])
+def _submission(submission, id_column, label_column, splits, base, targets, where):
+    """(columns, id column, label column, fill, sample path, sample split) of [submission]. Every
+    column is the id, the label, a [submission.fill] template or a predicted [targets] column."""
+    columns = submission.get("columns", [id_column, label_column] if label_column else [id_column, *targets])
     if not isinstance(columns, list) or not columns:
         raise KitError(f"{where} columns: must be a non-empty list of column names, got {columns!r}")
     for column in columns:
@@ -276,23 +321,34 @@ def _submission(submission, id_column, label_column, splits, base, where):
         raise KitError(f"{where} columns: duplicates {duplicates}")
     sub_id = _typed(submission, "id_column", where, default=id_column)
     sub_label = _typed(submission, "label_column", where, default=label_column)
+    if sub_label is not None and label_column is None:
+        raise KitError(f"{where} label_column: the spec has no [columns] label to predict it from")
     for column, role in ((sub_id, "id_column"), (sub_label, "label_column")):
-        if column not in columns:
+        if column is not None and column not in columns:
             raise KitError(f"{where} {role} {column!r} is not in columns {columns}")
     if sub_id == sub_label:
         raise KitError(f"{where}: id_column and label_column are both {sub_id!r}")
+    for column in targets:
+        if column not in columns or column in (sub_id, sub_label):
+            raise KitError(f"{where}: [targets.{column}] must name one of the other submission columns "
+                           f"{[c for c in columns if c not in (sub_id, sub_label)]}")
     fill = _table(submission, "fill", where)
     fill_where = f"{where.removesuffix(']')}.fill]"
-    _check_keys(fill, [c for c in columns if c not in (sub_id, sub_label)], fill_where, noun="column")
+    fillable = [c for c in columns if c not in (sub_id, sub_label)]
+    both = [c for c in fill if c in targets]
+    if both:
+        raise KitError(f"{fill_where} {both[0]}: the column is predicted by [targets.{both[0]}]; fill it or predict it, "
+                       "not both")
+    _check_keys(fill, fillable, fill_where, noun="column")
     for column, template in fill.items():
         if not isinstance(template, str):
             raise KitError(f"{fill_where} {column}: must be a string (a constant or a template like "
                            f"\"{{title}}\"), got {template!r}")
         template_fields(template, f"{fill_where} {column}")   # constants are fine here
     for column in columns:
-        if column not in (sub_id, sub_label) and column not in fill:
-            raise KitError(f"{where} column {column!r}: nothing fills it; "
-                           f"add it to [submission.fill] (a constant or a template like \"{{title}}\")")
+        if column not in (sub_id, sub_label) and column not in fill and column not in targets:
+            raise KitError(f"{where} column {column!r}: nothing fills it; add it to [submission.fill] (a constant "
+                           f"or a template like \"{{title}}\") or predict it with [targets.{column}]")
     sample = submission.get("sample", "")
     if not isinstance(sample, str):
         raise KitError(f"{where} sample: must be a file name string, got {sample!r}")
@@ -301,6 +357,77 @@ def _submission(submission, id_column, label_column, splits, base, where):
         raise KitError(f"{where} sample_split: {sample_split!r} is not a split; [splits] has "
                        f"{sorted(splits) or 'none'} (set sample_split to the split the sample lists)")
     return columns, sub_id, sub_label, dict(fill), base / sample if sample else None, sample_split
+
+
+def _count(table, key, where, default):
+    value = table.get(key, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100):
+        raise KitError(f"{where} {key}: must be an integer between 1 and 100, got {value!r}")
+    return value
+
+
+def _target(column, table, base, input_template, max_length, where):
+    """One [targets.<column>] table. Predicting a column needs something to predict it from:
+    a train column with its answers (source) or an unsupervised extractor, said explicitly."""
+    if not isinstance(table, dict):
+        raise KitError(f"{where}: must be a table like [targets.{column}] with source = \"{column}\"")
+    _check_keys(table, TARGET_KEYS, where)
+    kind = table.get("kind", "keywords")
+    if kind not in TARGET_KINDS:
+        raise KitError(f"{where} kind: {kind!r} is not one of {', '.join(TARGET_KINDS)}")
+    source = _typed(table, "source", where)
+    extractor = _typed(table, "extractor", where)
+    if source is None and extractor is None:
+        raise KitError(f"{where}: nothing to predict {column!r} from; give source = \"<the train column with its "
+                       f"answers>\" or extractor = \"minilm\" / \"tfidf\" (unsupervised)")
+    if extractor is not None and extractor not in EXTRACTORS:
+        raise KitError(f"{where} extractor: {extractor!r} is not one of {', '.join(EXTRACTORS)}")
+    train = _typed(table, "train", where)
+    if train is not None and source is None:
+        raise KitError(f"{where} train: a train file of its own needs a source column to learn from")
+    template = table.get("input", input_template)
+    if not isinstance(template, str) or not template_fields(template, f"{where} input"):
+        raise KitError(f"{where} input: template {template!r} names no column; name one like {{abstract}}")
+    metric = table.get("metric", "exact_f1")
+    if metric not in TARGET_METRICS:
+        raise KitError(f"{where} metric: {metric!r} is not one of {', '.join(TARGET_METRICS)}")
+    separator = table.get("separator")
+    if separator is not None and (not isinstance(separator, str) or not separator.strip()
+                                  or any(c in separator for c in "\r\n")):
+        raise KitError(f"{where} separator: must be a non-empty one-line string like \"; \", got {separator!r}")
+    max_count = _count(table, "max_count", where, 10)
+    count = _count(table, "count", where, None)
+    if count is not None and count > max_count:
+        raise KitError(f"{where} count: {count} is over max_count {max_count}")
+    return Target(column=column, kind=kind, source=source, extractor=extractor or "minilm",
+                  train=str(base / train) if train else None, input_template=template,
+                  instruction=_typed(table, "instruction", where, default=Target.instruction).strip(),
+                  separator=separator, count=count, max_count=max_count, metric=metric,
+                  max_length=_max_length(table, where) if "max_length" in table else max_length)
+
+
+def _targets(raw, base, input_template, max_length, path):
+    targets = _table(raw, "targets", f"{path}")
+    return {column: _target(column, table, base, input_template, max_length, f"{path} [targets.{column}]")
+            for column, table in targets.items()}
+
+
+def _label_task(task, label_column, where):
+    """(labels, label words, metric, instruction) of [task]; none of them without a label column."""
+    if label_column is None:
+        extra = [key for key in ("labels", "label_words", "label_descriptions", "metric", "instruction") if key in task]
+        if extra:
+            raise KitError(f"{where} {extra[0]}: the spec has no [columns] label for it to describe")
+        return [], {}, None, ""
+    labels = _labels(task, where)
+    words = _label_words(task, labels, where)
+    metric = _metric(task, labels, where)
+    instruction = task.get("instruction", "")
+    if not isinstance(instruction, str):
+        raise KitError(f"{where} instruction: must be a string, got {instruction!r}")
+    instruction = instruction.strip() or f"Classify the text. Answer with one of: {', '.join(words.values())}."
+    instruction += _descriptions(task, labels, words, where)
+    return labels, words, metric, instruction
 
 
 def load_spec(path=DEFAULT_SPEC):
@@ -334,27 +461,21 @@ def load_spec(path=DEFAULT_SPEC):
     _file_table(answers, f"{path} [answers]", "test_labels")
     _check_keys(answers, list(splits), f"{path} [answers]", noun="split")
 
-    where = f"{path} [task]"
-    labels = _labels(task, where)
-    words = _label_words(task, labels, where)
-    metric = _metric(task, labels, where)
-    max_length = _max_length(task, where)
-    instruction = task.get("instruction", "")
-    if not isinstance(instruction, str):
-        raise KitError(f"{where} instruction: must be a string, got {instruction!r}")
-    instruction = instruction.strip() or f"Classify the text. Answer with one of: {', '.join(words.values())}."
-    instruction += _descriptions(task, labels, words, where)
-
     where = f"{path} [columns]"
     id_column = _need(columns, "id", where)
-    label_column = _need(columns, "label", where)
     template = _input_template(columns, where)
+    max_length = _max_length(task, f"{path} [task]")
+    targets = _targets(raw, base, template, max_length, path)
+    label_column = _typed(columns, "label", where)
+    if label_column is None and not targets:
+        raise KitError(f"{where}: missing key 'label' (or predict a column of [targets] instead)")
+    labels, words, metric, instruction = _label_task(task, label_column, f"{path} [task]")
     sub_columns, sub_id, sub_label, fill, sample, sample_split = _submission(
-        submission, id_column, label_column, splits, base, f"{path} [submission]")
+        submission, id_column, label_column, splits, base, targets, f"{path} [submission]")
     return Spec(
         path=path, name=name, train=base / train,
         splits={name: base / file for name, file in splits.items()},
-        id_column=id_column, label_column=label_column, input_template=template,
+        id_column=id_column, label_column=label_column, input_template=template, targets=targets,
         instruction=instruction, labels=labels, label_words=words, metric=metric,
         max_length=max_length, submission_columns=sub_columns, submission_label=sub_label,
         submission_id=sub_id, fill=fill, sample=sample, sample_split=sample_split,

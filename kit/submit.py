@@ -7,14 +7,20 @@ from .errors import KitError
 from .spec import render_template
 
 
-def build(spec, frame, ids, labels, where="the split CSV"):
-    """frame: the split's CSV (for fill templates); ids and predicted label strings per row."""
+def build(spec, frame, ids, labels, where="the split CSV", predicted=None):
+    """frame: the split's CSV (for fill templates); ids and predicted label strings per row;
+    predicted: {[targets] column: its strings per row}."""
     columns = {}
+    predicted = predicted or {}
     for column in spec.submission_columns:
         if column == spec.submission_id:
             columns[column] = sample_forms(spec, ids)
         elif column == spec.submission_label:
             columns[column] = labels
+        elif column in spec.targets:
+            if column not in predicted:
+                raise KitError(f"submission column {column!r}: no predictions for it ([targets.{column}])")
+            columns[column] = predicted[column]
         else:
             template = spec.fill[column]
             fields = spec.template_columns(template)
@@ -51,8 +57,9 @@ def _compare_ids(ids, expected, where, lacks=("missing", "unknown")):
                    f"(row {row + 2} is {ids[row]!r}, the split's row {row + 2} is {expected[row]!r})")
 
 
-def validate(spec, submission, split_ids, split, where="submission"):
-    """Raise KitError unless the submission is uploadable for this split (and its sample)."""
+def validate(spec, submission, split_ids, split, where="submission", promised=None):
+    """Raise KitError unless the submission is uploadable for this split (and its sample).
+    promised: {[targets] column: per row, whether a value is owed (rows whose text is not empty)}."""
     if list(submission.columns) != spec.submission_columns:
         raise KitError(f"{where}: columns {list(submission.columns)} != spec {spec.submission_columns}")
     if len(submission) != len(split_ids):
@@ -61,13 +68,26 @@ def validate(spec, submission, split_ids, split, where="submission"):
     if submission.isna().any().any():
         column = submission.columns[submission.isna().any()].tolist()[0]
         raise KitError(f"{where}: empty values in column {column!r}")
-    bad = ~submission[spec.submission_label].astype(str).isin(spec.labels)
-    if bad.any():
-        row = int(bad.to_numpy().argmax())
-        raise KitError(f"{where}: row {row + 2}: label {submission[spec.submission_label].iloc[row]!r} "
-                       f"is not one of {spec.labels}")
+    if spec.submission_label is not None:
+        bad = ~submission[spec.submission_label].astype(str).isin(spec.labels)
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise KitError(f"{where}: row {row + 2}: label {submission[spec.submission_label].iloc[row]!r} "
+                           f"is not one of {spec.labels}")
+    for column in spec.targets:
+        _check_predicted(submission[column].astype(str).tolist(), (promised or {}).get(column), column, where)
     if spec.sample is not None and split == spec.sample_split:
         check_sample(spec, split_ids)
+
+
+def _check_predicted(values, promised, column, where):
+    """A predicted text column: one line per value (a newline would break row-by-row readers
+    even when quoted), and a value wherever the row's text promised one."""
+    for row, value in enumerate(values):
+        if "\n" in value or "\r" in value:
+            raise KitError(f"{where}: row {row + 2}: {column} holds a line break: {value[:60]!r}")
+        if promised is not None and promised[row] and not value.strip():
+            raise KitError(f"{where}: row {row + 2}: {column} is empty although the row has text to take it from")
 
 
 def check_sample(spec, split_ids):

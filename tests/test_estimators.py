@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kit.data import load_rows
-from kit.models import REGISTRY, ModelArgs, NotFittedError, Task, kind_of, load_model, make_model
+from kit.models import REGISTRY, KeywordExtractor, KeywordWriter, ModelArgs, NotFittedError, Task, kind_of, load_model, make_model
 from kit.spec import load_spec
 from kit.train import TrainArgs
 
@@ -20,7 +20,8 @@ CASES = {  # name -> (fixture holding the model path or None, ModelArgs keywords
 
 def test_every_registered_kind_is_covered():
     kinds = {kind_of(ModelArgs(**CASES[name][1] | ({"model": "x"} if CASES[name][0] else {}))) for name in CASES}
-    assert kinds == set(REGISTRY)
+    # keyword estimators predict lists, not probabilities: their contract is in tests/test_targets.py
+    assert kinds == set(REGISTRY) - {KeywordExtractor.kind, KeywordWriter.kind}
 
 
 @pytest.fixture(params=list(CASES))

@@ -5,8 +5,9 @@ from .base import (EMBEDDED_ENCODER, EMBEDDED_LLM, HEADS, RUNTIME_ARGS_MODEL, TF
 from .embedded import base_identity, resolve_model
 from .tfidf import TfidfModel
 from .transformer import TransformerModel
+from .keywords import KeywordExtractor, KeywordWriter  # noqa: E402 (after TransformerModel, which it extends)
 
-REGISTRY = {TfidfModel.kind: TfidfModel, TransformerModel.kind: TransformerModel}
+REGISTRY = {cls.kind: cls for cls in (TfidfModel, TransformerModel, KeywordExtractor, KeywordWriter)}
 
 
 def kind_of(model_args):
@@ -29,5 +30,5 @@ def load_model(directory, trust_remote_code=False):
 
 
 __all__ = ["EMBEDDED_ENCODER", "EMBEDDED_LLM", "HEADS", "TFIDF", "Estimator", "ModelArgs", "NotFittedError",
-           "Prediction", "RUNTIME_ARGS_MODEL", "Task", "REGISTRY", "TfidfModel", "TransformerModel", "base_identity", "kind_of",
+           "Prediction", "RUNTIME_ARGS_MODEL", "Task", "REGISTRY", "KeywordExtractor", "KeywordWriter", "TfidfModel", "TransformerModel", "base_identity", "kind_of",
            "load_model", "make_model", "resolve_model"]

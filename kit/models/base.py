@@ -76,6 +76,7 @@ def _known(cls, values):
 class Estimator:
     """Base class: holds the task and arguments, checks fitted-ness, writes the model file."""
     kind = None
+    task_type = Task          # what the saved "task" holds (keyword estimators keep more)
     data_parallel = True      # under several ranks, fit shares each batch (False: this rank alone)
 
     def __init__(self, task, args=None, train_args=None, trust_remote_code=False):
@@ -97,6 +98,10 @@ class Estimator:
     def _fitted_now(self):
         self.model_id = uuid.uuid4().hex
 
+    def learned_state(self):
+        """What fit learned beside the weights, saved in the model file (JSON values only)."""
+        return {}
+
     def _write_model_file(self, directory, **extra):
         state = {"kind": self.kind, "model_id": self.model_id, "task": asdict(self.task),
                  "args": asdict(self.args), "train_args": asdict(self.train_args), **extra}
@@ -115,7 +120,7 @@ class Estimator:
     @classmethod
     def _from_state(cls, state, trust_remote_code=False):
         from ..train import TrainArgs
-        model = cls(Task(**_known(Task, state["task"])), ModelArgs(**_known(ModelArgs, state["args"])),
+        model = cls(cls.task_type(**_known(cls.task_type, state["task"])), ModelArgs(**_known(ModelArgs, state["args"])),
                     TrainArgs(**_known(TrainArgs, state["train_args"])), trust_remote_code=trust_remote_code)
         model.model_id = state.get("model_id")
         return model

@@ -18,6 +18,16 @@ VECTORIZER = {"ngram_range": (1, 2), "sublinear_tf": True, "min_df": 1, "strip_a
 ARRAYS = "tfidf.npz"
 
 
+def refuse_soft_targets(soft, teacher):
+    """Logistic regression learns hard labels only (hard pseudo-labels are plain rows)."""
+    if teacher:
+        raise KitError("--teacher: the TF-IDF model cannot learn a teacher's probabilities; distil into an LLM "
+                       "or encoder (--model smollm2, minilm, a path)")
+    if soft:
+        raise KitError("--pseudo-soft: the TF-IDF model learns hard labels only; drop --pseudo-soft (soft "
+                       "targets need --head classify on an LLM or encoder)")
+
+
 class TfidfModel(Estimator):
     kind = TFIDF
 
@@ -31,6 +41,7 @@ class TfidfModel(Estimator):
 
     def fit(self, rows, **_):
         from sklearn.feature_extraction.text import TfidfVectorizer
+        refuse_soft_targets(getattr(rows, "soft", None) is not None, getattr(rows, "teacher", None) is not None)
         from sklearn.linear_model import LogisticRegressionCV
         scoring = "f1" if len(self.task.words) == 2 else "f1_macro"
         self.vectorizer = TfidfVectorizer(**VECTORIZER)

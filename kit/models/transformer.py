@@ -212,14 +212,7 @@ class TransformerModel(Estimator):
         ids, stats = encoded if encoded else self.encode(rows)
         log(f"train: {stats['rows']} rows, {stats['mean_tokens']} tokens per row on average, "
             f"{stats['truncated_rows']} truncated to {self.task.max_length}")
-        if self.args.head == "generate":
-            targets = [self.answers[label] for label in rows.labels]
-            sequences = [s + t for s, t in zip(ids, targets)]     # the answer follows its prompt
-            module = train.AnswerLoss(model)
-        else:
-            sequences, targets = ids, list(rows.labels)
-            weights = self._class_weights(rows.labels) if self.train_args.class_weights else None
-            module = train.ClassifyLoss(model, weights)
+        sequences, targets, module = self._training_pairs(model, ids, rows)
         self.loss_log = train.fit(module, sequences, targets, self.tokenizer.pad_token_id, self.train_args,
                                   checkpoint=checkpoint, resume=resume, left_pad=self.decoder,
                                   checkpoint_key=checkpoint_key, precision=self.args.precision,
@@ -228,6 +221,46 @@ class TransformerModel(Estimator):
         self.train_stats = stats
         self._fitted_now()
         return self
+
+    def _training_pairs(self, model, ids, rows):
+        """(token sequences, targets, the loss module): the generative head's answers follow
+        their prompts; the classification head's targets are the label indices. With the levers
+        (kit/levers.py: soft pseudo-labels, a teacher's probabilities) each target is a RowTarget
+        and the loss the lever-aware module; without them, exactly the plain losses."""
+        from .. import train
+        soft, teacher = getattr(rows, "soft", None), getattr(rows, "teacher", None)
+        if self.args.head == "generate":
+            targets = [self.answers[label] for label in rows.labels]
+            sequences = [s + t for s, t in zip(ids, targets)]
+            self.check_levers(soft is not None, teacher is not None)
+            if teacher is None:
+                return sequences, targets, train.AnswerLoss(model)
+            loss = train.DistillAnswerLoss(model, [a[0] for a in self.answers], self.train_args.kl_weight,
+                                           self.train_args.temperature)
+            return sequences, [train.RowTarget(t, p) for t, p in zip(targets, teacher)], loss
+        weights = self._class_weights(rows.labels) if self.train_args.class_weights else None
+        if soft is None and teacher is None:
+            return ids, list(rows.labels), train.ClassifyLoss(model, weights)
+        labels = [y if s is None else s for y, s in zip(rows.labels, soft or [None] * len(rows))]
+        targets = [train.RowTarget(y, p) for y, p in zip(labels, teacher or [None] * len(rows))]
+        kl_weight = self.train_args.kl_weight if teacher is not None else 0.0
+        return ids, targets, train.SoftClassifyLoss(model, weights, kl_weight, self.train_args.temperature)
+
+    def check_levers(self, soft, teacher):
+        """The generate head learns answer tokens: no soft targets; it distils over the label
+        words' first tokens, so they must differ."""
+        if self.args.head != "generate":
+            return
+        if soft:
+            raise KitError("--pseudo-soft: soft targets need --head classify; with --head generate use hard "
+                           "pseudo-labels (drop --pseudo-soft)")
+        if not teacher:
+            return
+        self._prepare_text()          # the answers' token ids
+        if not first_tokens_differ(self.answers):
+            raise KitError(f"--teacher with --head generate: the label words {self.task.words} share their first "
+                           "token, so one position cannot hold the teacher's distribution; use --head classify "
+                           "or [task] label_words that start differently")
 
     def _class_weights(self, labels):
         import torch
@@ -271,7 +304,7 @@ class TransformerModel(Estimator):
         weights = directory / ("adapter" if self.args.lora_r else "model")
         self.model.save_pretrained(weights)
         self.tokenizer.save_pretrained(weights)
-        self._write_model_file(directory, base_path=self.path)
+        self._write_model_file(directory, base_path=self.path, **self.learned_state())
 
     @classmethod
     def load(cls, directory, trust_remote_code=False):
