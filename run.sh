@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ./run.sh          set up (once) and run the demo competition end to end:
-#                   check -> prepare -> train -> predict -> submissions/submit.csv
+#                   check -> prepare -> train (label, then each [targets] column) -> predict -> submissions/submit.csv
 # ./run.sh test     set up (once) and run the tests
 # ./run.sh ARGS...  set up (once) and run `python -m kit ARGS...` (online: --model may be a hub id)
 # Environment: KIT_VENV (default .venv), PYTHON (default python3), SPEC (default data/competition.toml).

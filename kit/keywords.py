@@ -271,10 +271,14 @@ def keyword_scores(predicted, gold):
 
 
 def _chunks(text):
-    """Runs of words with nothing but whitespace between them: punctuation ends a phrase."""
+    """Runs of words with nothing but spaces between them: punctuation and line breaks end a
+    phrase (a template's "title: {title}\nabstract: {abstract}" must not join the title's last
+    word to the next line)."""
     chunk, previous_end = [], None
-    for match in _WORD.finditer(str(text)):
-        if previous_end is not None and text[previous_end:match.start()].strip():
+    text = str(text)
+    for match in _WORD.finditer(text):
+        between = text[previous_end:match.start()] if previous_end is not None else ""
+        if previous_end is not None and (between.strip() or "\n" in between or "\r" in between):
             yield chunk
             chunk = []
         chunk.append(match.group())
@@ -425,13 +429,15 @@ class MiniLMExtractor:
     all-MiniLM-L6-v2, then pick k by maximal marginal relevance (KeyBERT's recipe).
 
     The TF-IDF pre-ranking keeps `pool` candidates per text: an abstract has hundreds of
-    n-grams, and embedding them all costs far more than it gains.
+    n-grams, and embedding them all costs far more than it gains. Diversity 0.2 was chosen on
+    the training 80% of the real papers' keywords (exact F1 0.073 / 0.077 / 0.067 / 0.049 at
+    diversity 0 / 0.2 / 0.5 / 0.7): more diversity picks phrases off the paper's topic.
     """
 
     DOCUMENT_MAX_LENGTH = 256
     CANDIDATE_MAX_LENGTH = 16
 
-    def __init__(self, encoder_dir=None, max_words=3, pool=40, diversity=0.5, batch_size=64):
+    def __init__(self, encoder_dir=None, max_words=3, pool=40, diversity=0.2, batch_size=64):
         self.encoder_dir = encoder_dir
         self.max_words = max_words
         self.pool = pool

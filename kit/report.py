@@ -711,8 +711,41 @@ SECTIONS = [   # (id suffix, heading, builder, binary only, needs OOF rows)
 ]
 
 
+KEYWORD_METRICS = ("exact_f1", "partial_f1")
+KEYWORD_ROWS = 8
+
+
+def keyword_html(number, entry):
+    """A [targets] keyword run: its held-out keyword scores and some rows, gold beside predicted."""
+    directory = Path(entry["path"])
+    scores = _read_json(directory / "cv_scores.json") or {}
+    parts = []
+    if scores:
+        rows = [[kind] + [f"{scores[f'{kind}_{m}']:.4f}" for m in ("precision", "recall", "f1")]
+                for kind in ("exact", "partial")]
+        parts.append(_table(["match", "precision", "recall", "F1"], rows) + _note(
+            f"{scores['rows']} held-out rows; {scores['mean_predicted']} keywords per row (gold "
+            f"{scores['mean_gold']}); per fold {scores['per_fold']}; {scores.get('fallback_rows', 0)} row(s) fell "
+            f"back from generation to the extractor; train {scores['train_seconds']} s, predict "
+            f"{scores['predict_seconds']} s"))
+    else:
+        parts.append(_note("no CV results in this run: run `python -m kit cv --target` with its settings"))
+    oof = directory / "oof.csv"
+    if oof.is_file():
+        frame = read_csv(oof).head(KEYWORD_ROWS)
+        parts.append(_table(["id", "gold", "predicted", "exact F1", "partial F1"],
+                            [[_e(r["id"]), _e(r["true"]), _e(r["predicted"]), _e(r["exact_f1"]), _e(r["partial_f1"])]
+                             for r in frame.to_dict("records")]) + _note(f"the first {len(frame)} held-out rows"))
+    summary = (f"model {entry['model']}, settings {settings_text(entry['settings'])}; created {entry['created']}; "
+               f"{entry['path']}")
+    return (f'<section id="run-{number}" class="run"><h2>{number}. {_e(entry["name"])}</h2>{_note(summary)}'
+            f'{"".join(parts)}</section>')
+
+
 def run_html(number, entry, split):
     """One run's sections; a section that cannot be drawn says why instead of failing the page."""
+    if entry["metric"] in KEYWORD_METRICS:
+        return keyword_html(number, entry)
     try:
         data = RunData(entry, split)
     except (KitError, Skip, ValueError, KeyError) as error:

@@ -215,7 +215,10 @@ def latest_run(spec, runs=RUNS):
             run = Run(config_file.parent, json.loads(config_file.read_text()))
         except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
             continue
-        if run.config.get("spec", {}).get("path") == str(mine) and run.trained:
+        recorded = run.config.get("spec", {})
+        # the same spec file, and the same task in it: the label's runs and each [targets]
+        # column's runs (named <spec>.<column>) are never taken for one another
+        if recorded.get("path") == str(mine) and recorded.get("name") == spec.name and run.trained:
             candidates.append(run)
     if not candidates:
         raise KitError(f"no trained run of {spec.path} in {runs}/: run `python -m kit train --spec {spec.path}` "

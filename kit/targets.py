@@ -20,9 +20,6 @@ from .logs import log
 from .models.keywords import KeywordExtractor, KeywordTask, make_keyword_model
 from .runs import RUNS, fingerprint, open_run, trained_run
 
-SCORE_KEYS = ("exact_f1", "partial_f1", "exact_precision", "exact_recall", "partial_precision", "partial_recall")
-
-
 def target_rows(target_spec, split, frame=None):
     """A split as Rows for a target: the target's input text and, where the split has the
     source column, its answers as keyword lists (labels)."""
@@ -180,10 +177,12 @@ def find_target_run(spec, column, run_name=None, allow_spec_change=False, runs=R
     try:
         return trained_run(target_spec, run_name, allow_spec_change, runs)
     except KitError as error:
-        if run_name or target_spec.label_column is not None:
-            raise KitError(f"[targets.{column}]: {error}; train it with `python -m kit train --target {column}`") \
-                from None
-        return None
+        if run_name is None and target_spec.label_column is None:
+            return None
+        if run_name is None and str(error).startswith("no trained run"):
+            raise KitError(f"[targets.{column}]: no trained run for it in {runs}/; train it with "
+                           f"`python -m kit train --spec {spec.path} --target {column}`") from None
+        raise KitError(f"[targets.{column}]: {error}") from None
 
 
 def target_predictor(spec, column, run_name=None, allow_spec_change=False, trust_remote_code=False, runs=RUNS):

@@ -50,13 +50,16 @@ def test_demo_competition_end_to_end(tmp_path):
     assert alpaca[0]["input"].startswith("title:") and alpaca[0]["output"] in ("0", "1")
     assert "paper-medical" in json.loads((tmp_path / "prepared" / "dataset_info.json").read_text())
     kit(tmp_path, "train", "--spec", spec, "--max-steps", "2", "--batch-size", "4")
+    kit(tmp_path, "train", "--spec", spec, "--target", "Keywords")        # the TF-IDF road: seconds
     out = kit(tmp_path, "predict", "--spec", spec, "--split", "testB").stdout
-    assert "predicted 120 rows of testB" in out
+    assert "predicted 120 rows of testB" in out and "Keywords: 120 rows" in out
     submission = pd.read_csv(tmp_path / "submissions" / "submit.csv", dtype=str, keep_default_na=False)
     test = pd.read_csv(ROOT / "data" / "testB.csv", dtype=str)
     assert list(submission.columns) == ["uuid", "Keywords", "label"]
     assert submission["uuid"].tolist() == test["uuid"].tolist()
-    assert set(submission["label"]) <= {"0", "1"} and (submission["Keywords"] == "").all()
+    assert set(submission["label"]) <= {"0", "1"} and (submission["Keywords"] != "").all()
+    abstracts = (test["title"] + " " + test["abstract"]).str.lower()
+    assert all(k.lower() in text for ks, text in zip(submission["Keywords"], abstracts) for k in ks.split("; "))
     (run_dir,) = (tmp_path / "runs").glob("paper-medical-smollm2-classify-*")
     run = json.loads((run_dir / "run.json").read_text())
     assert run["train"]["max_steps"] == 2 and (run_dir / "spec.toml").exists()

@@ -245,3 +245,10 @@ def test_minilm_extractor_prefers_the_topic_to_filler(minilm, monkeypatch):
     [phrases] = minilm.extract([text], 3, progress=False)
     assert len(phrases) == 3
     assert all(any(word in phrase.lower() for word in topical) for phrase in phrases)
+
+
+def test_a_line_break_ends_a_phrase():
+    from kit.keywords import candidates
+    found = candidates("title: Knowledge graph completion\nabstract: Graph completion works")
+    assert "graph completion abstract" not in [c.lower() for c in found]
+    assert "Knowledge graph completion" in found

@@ -129,12 +129,17 @@ def test_cv_scores_every_road_on_the_same_rows(papers):
     assert sorted(oof["id"]) == list(range(24)) and set(oof["fold"]) == {0, 1, 2}
     # the phrases are in the text: the baseline finds some of the gold keywords
     assert tables[0]["exact_f1"] > 0.2
+    from kit.report import write_report
+    page = Path(write_report([Path("runs") / tables[0]["config"]["name"]], out="report.html")).read_text()
+    assert "<td>exact</td>" in page and "<td>partial</td>" in page and "held-out rows" in page
 
 
 def test_train_and_predict_fill_the_keywords_column(papers):
     assert run("train", "--spec", papers, "--model", "tfidf").exit_code == 0
     result = run("predict", "--spec", papers)
-    assert result.exit_code == 2 and "kit train --target Keywords" in result.output   # found before label work
+    # found before any label work, and never the label's run taken for the keywords' run
+    assert result.exit_code == 2 and "[targets.Keywords]: no trained run for it" in result.output
+    assert "--target Keywords`" in result.output
     assert not Path("runs/papers-tfidf-").exists()
     result = run("train", "--spec", papers, "--target", "Keywords", "--model", "tfidf")
     assert result.exit_code == 0, result.output
