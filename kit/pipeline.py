@@ -216,10 +216,30 @@ def load_predictor(run, models="auto", trust_remote_code=False):
     folds = run.fold_models
     if not folds:
         raise KitError(f"run {run.directory}: no fold models; run `python -m kit cv --keep-models` with its settings")
+    _refuse_stale_fold_models(run, folds)
     if models == "merged":
         merged = merge_fold_adapters(folds, run.merged_folds)
         return load_model(merged, trust_remote_code), [str(p) for p in folds]
     return FoldEnsemble([load_model(p, trust_remote_code) for p in folds], folds), [str(p) for p in folds]
+
+
+def _refuse_stale_fold_models(run, folds):
+    """The fold models must be those of the run's last CV: a CV on other folds (another fold seed
+    or count, the same run folder) leaves the old ones behind, and averaging them with new ones,
+    or alone, is not the ensemble the CV scored."""
+    from .models import Estimator
+    for path in folds:
+        number = int(path.name.split("-")[1])
+        try:
+            result = json.loads(run.fold_result(number).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            result = None
+        # fold results written before they named their model carry no model_id key: nothing to compare
+        stale = result is None or ("model_id" in result and
+                                   result["model_id"] != Estimator.read_model_file(path).get("model_id"))
+        if stale:
+            raise KitError(f"run {run.directory}: {path.name} was kept by an earlier CV on other folds, not by the "
+                           "last one; re-run `python -m kit cv --keep-models` with the folds you want")
 
 
 def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS,

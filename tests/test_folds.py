@@ -60,3 +60,14 @@ def test_merging_tfidf_folds_is_refused(tmp_path, toy, monkeypatch):
                               "--name", "tf"])
     result = CliRunner().invoke(main, ["predict", "--spec", str(toy), "--run", "tf", "--models", "merged"])
     assert result.exit_code == 2 and "needs LoRA fold models" in result.output
+
+
+def test_fold_models_left_by_a_cv_on_other_folds_are_refused(cv_run, toy, tiny_llama):
+    run, spec = cv_run
+    # the same settings on other folds meet in the same run folder, without keeping models
+    result = CliRunner().invoke(main, ["cv", "--spec", str(toy), "--model", tiny_llama, "--folds", "3",
+                                       "--fold-seed", "1", "--max-steps", "2", "--batch-size", "8", "--no-baseline",
+                                       "--name", "folds"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["predict", "--spec", str(spec.path), "--run", "folds", "--models", "folds"])
+    assert result.exit_code == 2 and "kept by an earlier CV on other folds" in result.output
