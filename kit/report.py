@@ -74,9 +74,14 @@ def run_settings(config):
     """The settings a competitor compares runs by. TF-IDF ignores all of them (its C is tuned
     inside), so it shows none."""
     model, train = config.get("model") or {}, config.get("train") or {}
-    if model.get("model") == "tfidf":
-        return {}
-    settings = {"lr": train.get("lr")}
+    levers = {key: train[key] for key in ("pseudo", "teacher") if train.get(key)}
+    if train.get("teacher"):
+        levers["kl"] = f"{train.get('kl_weight'):g}@T{train.get('temperature'):g}"
+    if train.get("pseudo"):
+        levers["pseudo_at"] = f"{train.get('pseudo_threshold'):g}" + (" soft" if train.get("pseudo_soft") else "")
+    if model.get("model") == "tfidf" or model.get("head") == "extract":     # nothing of the rest applies
+        return levers
+    settings = {"lr": train.get("lr"), **levers}
     if train.get("max_steps"):
         settings["steps"] = train["max_steps"]
     else:
@@ -95,7 +100,11 @@ def settings_text(settings):
     parts.append("full ft" if r == 0 else f"r{r}" + (f" top{layers}" if layers not in (0, None, "auto")
                                                      else " all" if layers == 0 else ""))
     parts.append(f"len {settings['max_length']}" if settings.get("max_length") else None)
-    return " ".join(p for p in parts if p)
+    if "lr" not in settings:        # TF-IDF and the keyword extractors: only the levers, if any
+        parts = []
+    parts.append(f"pseudo {settings['pseudo']} p>={settings['pseudo_at']}" if settings.get("pseudo") else None)
+    parts.append(f"teacher {settings['teacher']} kl {settings['kl']}" if settings.get("teacher") else None)
+    return " ".join(p for p in parts if p) or "-"
 
 
 def _created(config, directory):

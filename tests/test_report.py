@@ -306,3 +306,15 @@ def test_report_screenshot_in_headless_chromium(runs, tmp_path):
     image = np.asarray(Image.open(shot).convert("L"))
     assert image.shape == (3000, 1200)
     assert (image < 128).mean() > 0.01               # text and plots drawn, not a blank page
+
+
+def test_the_settings_show_the_levers_and_nothing_a_road_ignores():
+    from kit.report import run_settings, settings_text
+    train = {"lr": 1e-3, "epochs": 2.0, "pseudo": "t:test", "pseudo_threshold": 0.9, "pseudo_soft": True,
+             "teacher": "t", "kl_weight": 0.5, "temperature": 2.0}
+    llm = {"model": {"model": "smollm2", "head": "classify", "lora_r": 16, "lora_layers": 4}, "train": train}
+    text = settings_text(run_settings(llm))
+    assert text.startswith("lr 0.001 2.0 ep r16 top4") and "pseudo t:test p>=0.9 soft" in text
+    assert "teacher t kl 0.5@T2" in text
+    extractor = {"model": {"model": "minilm", "head": "extract"}, "train": {"lr": 1e-3, "epochs": 2.0}}
+    assert settings_text(run_settings(extractor)) == "-"
