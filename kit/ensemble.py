@@ -312,6 +312,8 @@ def write_blend(spec, directory, key, runs, config, summary, oof, split_table=No
 def blend(spec, names, split=None, out=SUBMISSION, name=None, runs_dir=RUNS):
     """Fit the weights on the runs' OOF rows; with a split, write the blended submission.
     Returns a summary dict (also blend.json) for the table."""
+    if not spec.has_labels:
+        raise KitError(f"{spec.path} has no [columns] label: kit blend blends label probabilities")
     if split is not None:
         rows, frame = load_rows(spec, split)       # input errors first
         submit.check_destination(out)

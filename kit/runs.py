@@ -208,6 +208,9 @@ def _trained_at(run):
 
 def latest_run(spec, runs=RUNS):
     """The most recently trained run of this spec file (never a run of another competition)."""
+    if not spec.has_labels and spec.target is None:
+        raise KitError(f"{spec.path} has no [columns] label, so no label model; its [targets] columns' runs are "
+                       f"named {spec.name}.<column>-... (python -m kit train --target COLUMN)")
     mine = Path(spec.path).resolve()
     candidates = []
     for config_file in Path(runs).glob(f"*/{CONFIG}"):
