@@ -337,8 +337,8 @@ def blend(spec, names, split=None, out=SUBMISSION, name=None, runs_dir=RUNS):
         test_probs = combine(_split_probs(spec, runs, split, rows.ids), weights)
         split_table = _frame(spec, rows.ids, test_probs, threshold)
         labels = split_table["label"].tolist()
-        from .targets import predict_targets       # the blend is the label's; [targets] columns as predict writes them
-        predicted, promised, _ = predict_targets(spec, split, frame)
+        from .targets import find_target_runs, predict_targets   # [targets] columns as kit predict writes them
+        predicted, promised, _ = predict_targets(spec, split, frame, find_target_runs(spec, runs=runs_dir))
         submission = submit.build(spec, frame, rows.ids, labels, spec.split_path(split), predicted)
         submit.validate(spec, submission, rows.ids, split, where=f"blended submission for {split}", promised=promised)
         summary.update(split=split, out=str(out))

@@ -249,9 +249,8 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     (per-row file, stats) or None, {target column: stats}); None on ranks other than 0."""
     rows, frame = load_rows(spec, split)       # input errors first: they need no trained run
     submit.check_destination(out)             # and a submission that could not be written
-    from .targets import find_target_run, predict_targets
-    for column in spec.targets:                # a missing keyword model is found before any label work
-        find_target_run(spec, column, (target_runs or {}).get(column), allow_spec_change, runs)
+    from .targets import find_target_runs, predict_targets
+    found = find_target_runs(spec, target_runs, allow_spec_change, runs)   # a missing keyword model: before label work
     labels = label_result = None
     if spec.has_labels:
         label_result = _predict_labels(spec, split, rows, run, mode, threshold, runs, allow_spec_change,
@@ -259,8 +258,7 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
         if label_result is None:       # another rank: rank 0 gathered its rows and writes
             return None
         labels, run, table = label_result[:3]
-    predicted, promised, target_stats = predict_targets(spec, split, frame, target_runs, allow_spec_change,
-                                                        trust_remote_code, runs)
+    predicted, promised, target_stats = predict_targets(spec, split, frame, found, trust_remote_code)
     submission = submit.build(spec, frame, rows.ids, labels, spec.split_path(split), predicted)
     submit.validate(spec, submission, rows.ids, split, where=f"submission for {split}", promised=promised)
     submit.write(submission, out)

@@ -91,17 +91,20 @@ def run_settings(config):
     return settings
 
 
-def settings_text(settings):
-    if not settings:
-        return "-"
+def _training_parts(settings):
     parts = [f"lr {settings['lr']:g}" if _number(settings.get("lr")) is not None else None,
              f"{settings['steps']} steps" if "steps" in settings else f"{settings.get('epochs')} ep"]
     r, layers = settings.get("lora_r"), settings.get("lora_layers")
     parts.append("full ft" if r == 0 else f"r{r}" + (f" top{layers}" if layers not in (0, None, "auto")
                                                      else " all" if layers == 0 else ""))
     parts.append(f"len {settings['max_length']}" if settings.get("max_length") else None)
-    if "lr" not in settings:        # TF-IDF and the keyword extractors: only the levers, if any
-        parts = []
+    return parts
+
+
+def settings_text(settings):
+    if not settings:
+        return "-"
+    parts = _training_parts(settings) if "lr" in settings else []   # TF-IDF, extractors: only the levers
     parts.append(f"pseudo {settings['pseudo']} p>={settings['pseudo_at']}" if settings.get("pseudo") else None)
     parts.append(f"teacher {settings['teacher']} kl {settings['kl']}" if settings.get("teacher") else None)
     return " ".join(p for p in parts if p) or "-"

@@ -36,11 +36,14 @@ def target_rows(target_spec, split, frame=None):
     return Rows(ids, texts, answers), frame
 
 
-def keyword_task(target_spec, train_frame):
-    """The task, with the separator the spec names or the training answers use."""
+def keyword_task(target_spec, train_frame=None):
+    """The task, with the separator the spec names or the training answers use (a target with
+    no source has no answers: the default separator, and no train file to read)."""
     separator = target_spec.target["separator"]
     if separator is None:
         source = target_spec.label_column
+        if source is not None and train_frame is None:
+            train_frame = read_csv(target_spec.train)
         values = train_frame[source].tolist() if source and source in train_frame.columns else []
         separator = infer_separator(values)
     return KeywordTask.from_target(target_spec, separator)
@@ -185,29 +188,32 @@ def find_target_run(spec, column, run_name=None, allow_spec_change=False, runs=R
         raise KitError(f"[targets.{column}]: {error}") from None
 
 
-def target_predictor(spec, column, run_name=None, allow_spec_change=False, trust_remote_code=False, runs=RUNS):
-    """(estimator, run or None) for a target column."""
-    from .models import load_model
-    run = find_target_run(spec, column, run_name, allow_spec_change, runs)
-    if run is not None:
-        return load_model(run.model_dir, trust_remote_code), run
-    target_spec = spec.for_target(column)
-    task = keyword_task(target_spec, read_csv(target_spec.train))
-    return KeywordExtractor(task).fit(Rows([], [], None)), None
-
-
-def predict_targets(spec, split, frame, target_runs=None, allow_spec_change=False, trust_remote_code=False,
-                    runs=RUNS):
-    """Every [targets] column for a split, as three dicts by column: the joined strings per row
-    (what the submission holds), per row whether a value is owed (the row has text), and the
-    stats. Each target run keeps its per-row predictions (predictions-<split>.csv)."""
+def find_target_runs(spec, target_runs=None, allow_spec_change=False, runs=RUNS):
+    """{column: its run, or None for an extractor that needs none} for every [targets] column;
+    the errors (no trained run, another spec version, ranks) come before any prediction work."""
     if spec.targets and dist.active():
         raise KitError("predicted [targets] columns are written in one process; run kit predict without torchrun")
+    return {column: find_target_run(spec, column, (target_runs or {}).get(column), allow_spec_change, runs)
+            for column in spec.targets}
+
+
+def target_predictor(target_spec, run, trust_remote_code=False):
+    """The estimator of a target column: its run's model, or an extractor with nothing to learn."""
+    from .models import load_model
+    if run is not None:
+        return load_model(run.model_dir, trust_remote_code)
+    return KeywordExtractor(keyword_task(target_spec)).fit(Rows([], [], None))
+
+
+def predict_targets(spec, split, frame, found, trust_remote_code=False):
+    """Every [targets] column for a split (found: find_target_runs), as three dicts by column:
+    the joined strings per row (what the submission holds), per row whether a value is owed
+    (the row has text), and the stats. Each target run keeps its per-row predictions
+    (predictions-<split>.csv)."""
     values_by, promised_by, stats_by = {}, {}, {}
     for column in spec.targets:
-        model, run = target_predictor(spec, column, (target_runs or {}).get(column), allow_spec_change,
-                                      trust_remote_code, runs)
-        target_spec = spec.for_target(column)
+        run, target_spec = found[column], spec.for_target(column)
+        model = target_predictor(target_spec, run, trust_remote_code)
         rows, _ = target_rows(target_spec, split, frame)
         log(f"predict: {column} for {split} ({len(rows)} rows) with "
             + (f"run {run.directory}" if run else f"the {model.args.model} extractor (nothing to train)"))

@@ -152,7 +152,8 @@ class KeywordWriter(TransformerModel):
                 keywords[i] = found
             log(f"predict: {len(empty)} of {len(rows)} answer(s) gave no keywords; "
                 f"used the {self.task.extractor} extractor for them")
-        decided = [FALLBACK if i in set(empty) else GENERATE for i in range(len(rows))]
+        fell_back = set(empty)
+        decided = [FALLBACK if i in fell_back else GENERATE for i in range(len(rows))]
         return KeywordPrediction(keywords, decided, answers, {**stats, "fallback_rows": len(empty)})
 
     def learned_state(self):
