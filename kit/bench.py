@@ -13,6 +13,7 @@ import os
 import resource
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -198,7 +199,9 @@ def train_kit(model_name, texts, labels, steps, batch, lora_layers=0, head="gene
     the Trainer on identical inputs."""
     model = TransformerModel(Task(INSTRUCTION, ["0", "1"], 128),
                              ModelArgs(model=model_name, head=head, lora_layers=lora_layers),
-                             TrainArgs(lr=3e-4, max_steps=steps, batch_size=batch, warmup=0, checkpoint_every=0))
+                             # states for this fit only: the frozen pass is part of the measured time
+                             TrainArgs(lr=3e-4, max_steps=steps, batch_size=batch, warmup=0, checkpoint_every=0,
+                                       state_cache=False))
     from .data import Rows
     rows = Rows([str(i) for i in range(len(texts))], texts, list(labels))
     ids, _ = model.encode(rows)
@@ -250,6 +253,70 @@ def train_trainer(model_name, texts, labels, steps, batch):
 
 
 # -- the report ----------------------------------------------------------------------------
+def frozen_pass_rows(bench, peak, top=4):
+    """The frozen lower blocks' pass (kit/states.py) with and without each speed-up: rows/s,
+    agreement with the fp32 pass (worst row's cosine, largest error relative to the row's
+    largest state), % of the fp32 matmul peak, and the disk cache's write and read-back."""
+    from .states import DiskStates, lower_pass
+    from .train import block_list
+    attribute, backbone, blocks = block_list(bench.model)
+    split = len(blocks) - top
+    ids = bench.kit_ids
+    tokens = sum(len(s) for s in ids)
+    lower_params = sum(p.numel() for block in list(blocks)[:split] for p in block.parameters())
+    threads = torch.get_num_threads()
+
+    def run(batch=32, int8=False, n_threads=threads):
+        torch.set_num_threads(n_threads)
+        try:
+            start = time.time()
+            arrays = [None] * len(ids)
+            for rows, states in lower_pass(backbone, attribute, blocks, split, ids, batch, int8, desc="frozen pass"):
+                for i, state in zip(rows, states):
+                    arrays[i] = state
+            return arrays, time.time() - start
+        finally:
+            torch.set_num_threads(threads)
+
+    reference, _ = run()             # warm-up: first calls pay for allocation and kernel choice
+    results = []
+
+    def record(name, arrays, seconds, note=""):
+        a, b = np.concatenate(reference), np.concatenate([np.asarray(x, dtype=np.float32) for x in arrays])
+        cosine = float(((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)).min())
+        error = float(np.abs(a - b).max() / np.abs(a).max())
+        gflops = 2 * lower_params * tokens / seconds / 1e9
+        results.append({"path": name, "rows_per_s": len(ids) / seconds, "seconds": seconds, "min_cosine": cosine,
+                        "max_rel_error": error, "gflops": gflops, "pct_peak": 100 * gflops * 1e9 / peak, "note": note})
+    record(f"frozen pass blocks 1-{split}, fp32, batch 32", *run(), f"{threads} threads (the default)")
+    record("  int8 dynamic-quantised lower blocks", *run(int8=True), "`--frozen-states int8`")
+    record("  batch 16", *run(batch=16))
+    record("  batch 64", *run(batch=64))
+    if threads > 1:
+        record("  1 thread", *run(n_threads=1))
+    with tempfile.TemporaryDirectory() as root:
+        identity = {"base": "bench", "device": "cpu"}
+        for storage in ("fp16", "fp32"):
+            source = DiskStates(identity, storage, 0, Path(root) / storage)
+            start = time.time()
+            source.states(bench.model, split, ids)
+            written = time.time() - start
+            start = time.time()
+            kept = source.states(bench.model, split, ids)
+            arrays = [np.asarray(a, dtype=np.float32) for a in kept.arrays]
+            read = time.time() - start
+            record(f"  {storage} disk cache: computed and written", arrays, written,
+                   f"{sum(a.nbytes for a in kept.arrays) / 2**20:.0f} MB on disk")
+            record(f"  {storage} disk cache: read back (a later fold, run or prediction)", arrays, read)
+    print(f"\n{'frozen lower blocks':<62} {'rows/s':>8} {'x fp32':>7} {'min cos':>8} {'max err':>8} "
+          f"{'GFLOP/s':>8} {'%peak':>6}  note")
+    base = results[0]["rows_per_s"]
+    for r in results:
+        print(f"{r['path']:<62} {r['rows_per_s']:8.1f} {r['rows_per_s'] / base:7.2f} {r['min_cosine']:8.5f} "
+              f"{r['max_rel_error']:8.1e} {r['gflops']:8.1f} {r['pct_peak']:5.1f}%  {r['note']}")
+    return results
+
+
 def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -303,6 +370,7 @@ def run_bench(data, n_rows, train_steps, model_name, quick=False, out=None):
         bench.kit_score("  ablation: batch size 1", batch=1)
         bench.precision_check(reference)
     print_predict_table(bench.rows, peak)
+    frozen = frozen_pass_rows(bench, peak)
     results = {}
     if not quick:
         log("bench: training ...")
@@ -325,5 +393,5 @@ def run_bench(data, n_rows, train_steps, model_name, quick=False, out=None):
     if out:
         with open(out, "w") as handle:
             json.dump({"device": device, "matmul_peak_gflops": peak / 1e9, "loads": loads,
-                       "predict": bench.rows, "train": results}, handle, indent=2)
+                       "predict": bench.rows, "frozen_pass": frozen, "train": results}, handle, indent=2)
     return bench.rows, results

@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from .errors import KitError
 from .device import ATTENTION, PRECISIONS, QUANTIZE
-from .models import EMBEDDED_ENCODER, EMBEDDED_LLM, HEADS, TFIDF, ModelArgs
+from .models import EMBEDDED_ENCODER, EMBEDDED_LLM, FROZEN_STATES, HEADS, TFIDF, ModelArgs
 from .train import TrainArgs
 
 DEFAULTS_M, DEFAULTS_T = ModelArgs(), TrainArgs()
@@ -86,10 +86,20 @@ def _model_options(command, multiple_models=False):
                      help="auto: flash_attention_2 when installed on a GPU, else PyTorch SDPA."),
         click.option("--quantize", type=click.Choice(QUANTIZE), default=None,
                      help="QLoRA: load the base in 4-bit NF4 (double quantisation) or 8-bit through bitsandbytes."),
+        click.option("--frozen-states", type=click.Choice(FROZEN_STATES), default=DEFAULTS_M.frozen_states,
+                     show_default=True,
+                     help="With --lora-layers N: how the frozen lower blocks' states are computed and kept. fp16: an "
+                          "fp32 pass kept in half precision; fp32: kept exactly; int8: int8 dynamic-quantised lower "
+                          "blocks (CPU; faster, measured in `kit bench`)."),
+        click.option("--state-cache/--no-state-cache", default=DEFAULTS_T.state_cache, show_default=True,
+                     help="Keep the frozen lower blocks' states on disk (runs/.state-cache), computed once for every "
+                          "CV fold, later `kit train`, sweep entry and prediction from the same base model and "
+                          "prompt. `kit cache --clear` empties it."),
         click.option("--frozen-cache-gb", type=click.FloatRange(min=0), default=DEFAULTS_T.frozen_cache_gb,
                      show_default=True,
-                     help="Budget for the cached states of frozen lower blocks, in CPU memory (0: half the free RAM); "
-                          "over it, training runs through every block."),
+                     help="Budget for those states: the disk cache's (0: 20 GB, or half the free disk when less; "
+                          "least recently used states are dropped beyond it), or with --no-state-cache this fit's RAM "
+                          "(0: half the free RAM). A fit whose states exceed it runs through every block."),
         TRUST_REMOTE_CODE,
         click.option("--max-length", type=click.IntRange(16, 131072), default=None,
                      help="Tokens per prompt (default: the spec's [task] max_length); the input is cut, "
@@ -465,6 +475,21 @@ def check(spec_path, submission, split):
     from .check import check_all
     for line in check_all(_load(spec_path), submission, split):
         _say(line)
+
+
+@main.command()
+@click.option("--clear", is_flag=True, help="Delete every cached state.")
+@_friendly
+def cache(clear):
+    """Show (or --clear) the frozen lower blocks' state cache: runs/.state-cache, or $KIT_STATE_CACHE."""
+    from .states import ROOT, cache_size, clear_cache, describe_cache
+    if clear:
+        _say(f"state cache {ROOT}: {clear_cache() / 2**30:.2f} GB deleted")
+        return
+    lines = describe_cache()
+    _say("\n".join(lines) if lines else f"state cache {ROOT}: empty")
+    if lines:
+        _say(f"total {cache_size() / 2**30:.2f} GB; `kit cache --clear` deletes it")
 
 
 @main.command()

@@ -96,7 +96,8 @@ def _run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models=Fal
               "decided": prediction.decided, "answers": prediction.answers,
               "parsed": None if prediction.parsed is None else prediction.parsed.tolist(),
               "stats": {**stats, "loss_log": getattr(model, "loss_log", []), "predict_seconds": round(seconds, 1),
-                        "predict_rows_per_s": round(len(held_index) / seconds, 2) if seconds else None}}
+                        "predict_rows_per_s": round(len(held_index) / seconds, 2) if seconds else None,
+                        **{f"predict_{k}": v for k, v in prediction.stats.items() if k.startswith("frozen_")}}}
     if keep_models:
         staging = run.cv_dir / f".fold-{number}-model.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -185,6 +186,9 @@ def summarise(spec, rows, fold, results, run):
     scores["predict_seconds"] = round(sum(s["predict_seconds"] for s in stats), 1)
     scores["train_rows_per_s"] = round(float(np.mean([s["train_rows_per_s"] or 0 for s in stats])), 2)
     scores["predict_rows_per_s"] = round(float(np.mean([s["predict_rows_per_s"] or 0 for s in stats])), 2)
+    frozen = frozen_totals(stats)
+    if frozen:
+        scores["frozen"] = frozen
     labels = decide(probs, parsed, 0.5 if binary else None)
     oof = predictions_frame(spec, rows.ids, Prediction(probs, decided, answers if any(answers) else None), labels)
     oof.insert(1, "true", [spec.labels[i] for i in truth])
@@ -192,6 +196,19 @@ def summarise(spec, rows, fold, results, run):
     oof = oof.iloc[held]
     atomic_write(run.oof, lambda tmp: oof.to_csv(tmp, index=False))
     return scores
+
+
+def frozen_totals(stats):
+    """What the folds' frozen lower-block passes reused from the state cache and computed
+    (kit/states.py), training and prediction together; {} when no fold used the cache."""
+    totals = {"rows_computed": 0, "rows_reused": 0, "seconds": 0.0}
+    for s in stats:
+        for prefix in ("", "predict_"):
+            totals["rows_computed"] += s.get(f"{prefix}frozen_rows_computed") or 0
+            totals["rows_reused"] += s.get(f"{prefix}frozen_rows_reused") or 0
+            totals["seconds"] += s.get(f"{prefix}frozen_seconds") or 0
+    totals["seconds"] = round(totals["seconds"], 1)
+    return totals if totals["rows_computed"] or totals["rows_reused"] else {}
 
 
 def format_scores(scores, spec):
@@ -206,6 +223,10 @@ def format_scores(scores, spec):
     lines.append(f"wall {scores['wall_seconds']} s: train {scores['train_seconds']} s "
                  f"({scores['train_rows_per_s']} rows/s), predict {scores['predict_seconds']} s "
                  f"({scores['predict_rows_per_s']} rows/s)")
+    if scores.get("frozen"):
+        frozen = scores["frozen"]
+        lines.append(f"frozen lower blocks: {frozen['rows_computed']} row states computed, {frozen['rows_reused']} "
+                     f"reused from the state cache ({frozen['seconds']} s in the frozen pass)")
     return "\n".join(lines)
 
 

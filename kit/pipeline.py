@@ -156,9 +156,10 @@ def _join_chunks(parts):
 def _combined_stats(parts):
     """Prediction stats of several parts of one split (chunks, ranks' shares) as one."""
     stats = {}
-    for key in ("rows", "truncated_rows", "fallback_rows"):
+    for key in ("rows", "truncated_rows", "fallback_rows", "frozen_rows_reused", "frozen_rows_computed",
+                "frozen_seconds"):
         if key in parts[0]:
-            stats[key] = sum(p[key] for p in parts)
+            stats[key] = round(sum(p.get(key, 0) for p in parts), 1)
     if "mean_tokens" in parts[0]:
         stats["mean_tokens"] = round(sum(p["mean_tokens"] * p["rows"] for p in parts) / max(1, stats["rows"]), 1)
     return stats

@@ -79,16 +79,25 @@ def _run_batches(ids, batch_size, desc, forward, sort=True):
     return out
 
 
+def _batch_inputs(model, ids, pad_id, use_prefix_cache, inputs, left=True):
+    """inputs(index, rows) -> model inputs: the caller's (the top blocks fed from cached lower
+    states, kit/states.py), else the rows after the shared prefix's KV cache."""
+    if inputs is not None:
+        return inputs
+    prefix = PrefixCache(model, ids, use_prefix_cache, left=left)
+    return lambda index, rows: prefix.inputs(rows, pad_id, model.device)
+
+
 def score_labels(model, ids, first_tokens, pad_id, batch_size=32, use_prefix_cache=True,
-                 sort_by_length=True, last_logits_only=True):
+                 sort_by_length=True, last_logits_only=True, inputs=None):
     """P(label) from one forward pass: softmax over the label words' first tokens.
-    (The last two switches exist for the benchmark's ablations.)"""
-    prefix = PrefixCache(model, ids, use_prefix_cache)
+    (The switches after use_prefix_cache exist for the benchmark's ablations.)"""
+    make_inputs = _batch_inputs(model, ids, pad_id, use_prefix_cache, inputs)
     firsts = torch.tensor(first_tokens)
 
     def forward(index, rows):
         keep = 1 if last_logits_only else 0
-        logits = model(**prefix.inputs(rows, pad_id, model.device), logits_to_keep=keep).logits[:, -1]
+        logits = model(**make_inputs(index, rows), logits_to_keep=keep).logits[:, -1]
         return torch.softmax(logits.float()[:, firsts], -1).cpu().numpy()
     return _run_batches(ids, batch_size, "score", forward, sort_by_length)
 
@@ -116,13 +125,13 @@ def answer_scores(model, ids, answers, pad_id, batch_size=32):
     return _run_batches(ids, per_batch, "score answers", forward)
 
 
-def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True):
+def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True, inputs=None):
     """P(label) from a classification head (the last real token is pooled)."""
     decoder = is_decoder(model.config)
-    prefix = PrefixCache(model, ids, use_prefix_cache and decoder, left=decoder)
+    make_inputs = _batch_inputs(model, ids, pad_id, use_prefix_cache and decoder, inputs, left=decoder)
 
     def forward(index, rows):
-        return torch.softmax(model(**prefix.inputs(rows, pad_id, model.device)).logits.float(), -1).cpu().numpy()
+        return torch.softmax(model(**make_inputs(index, rows)).logits.float(), -1).cpu().numpy()
     return _run_batches(ids, batch_size, "classify", forward)
 
 

@@ -612,7 +612,7 @@ def _folds_section(data):
         size = int((data.fold == number).sum()) if data.oof is not None else "-"
         score = f"{per_fold[position]:.4f}" if position < len(per_fold) else "-"
         rows.append([number + 1, size, score, _seconds(_number(stats.get("train_seconds"))),
-                     _seconds(_number(stats.get("predict_seconds")))])
+                     _seconds(_number(stats.get("predict_seconds"))), _frozen_cell(stats)])
     if not rows:
         return _note("no per-fold scores recorded")
     metric = data.entry["metric"]
@@ -620,7 +620,19 @@ def _folds_section(data):
               if data.entry["fold_mean"] is not None and data.entry["fold_std"] is not None else "")
     oof = f"OOF {metric} {data.entry['score']:.4f} at threshold 0.5" if _finite(data.entry["score"]) else ""
     summary = spread + oof
-    return _table(["fold", "rows", metric, "train s", "predict s"], [[_e(c) for c in r] for r in rows]) + _note(summary)
+    frozen = data.scores.get("frozen")
+    if frozen:
+        summary += (f"; frozen lower blocks: {frozen['rows_computed']} row states computed once, "
+                    f"{frozen['rows_reused']} reused from the state cache")
+    header = ["fold", "rows", metric, "train s", "predict s", "frozen states computed / reused"]
+    return _table(header, [[_e(c) for c in r] for r in rows]) + _note(summary)
+
+
+def _frozen_cell(stats):
+    """A fold's frozen lower-block states, training and prediction: computed / reused."""
+    computed = sum(stats.get(f"{p}frozen_rows_computed") or 0 for p in ("", "predict_"))
+    reused = sum(stats.get(f"{p}frozen_rows_reused") or 0 for p in ("", "predict_"))
+    return f"{computed} / {reused}" if computed or reused else "-"
 
 
 def _confusion_section(data):

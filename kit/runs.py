@@ -23,7 +23,7 @@ from .models import RUNTIME_ARGS_MODEL, base_identity
 
 RUNS = Path("runs")
 CONFIG = "run.json"
-NOT_KEYED_TRAIN = ("checkpoint_every", "frozen_cache_gb")   # how often to save / how fast, never what is learned
+NOT_KEYED_TRAIN = ("checkpoint_every", "frozen_cache_gb", "state_cache")   # how often to save / how fast, never what is learned
 
 
 def fingerprint(*parts):

@@ -609,6 +609,10 @@ def serve(spec_path, run_name, host, port, api_key, batch_window_ms, max_batch, 
     run = trained_run(spec, run_name, allow_spec_change)
     sock = bind(host, port)
     model = load_model(run.model_dir, trust_remote_code)       # once, before the first request
+    if hasattr(model, "train_args"):
+        # each request's rows are new: the full pass with the prefix KV cache, nothing written to
+        # the frozen-state cache per request
+        model.train_args.state_cache = False
     from . import predict
     predict.PROGRESS = False                                   # no progress bar per request
     app = create_app(model, run.name, spec.labels, api_key, batch_window_ms, max_batch, mode)

@@ -29,7 +29,9 @@ class TrainArgs:
     seed: int = 0
     checkpoint_every: int = 50   # steps; 0 disables
     class_weights: bool = False
-    frozen_cache_gb: float = 0   # budget for the frozen-bottom cache in CPU memory; 0: half the free RAM
+    frozen_cache_gb: float = 0   # budget for the frozen lower blocks' states: the disk cache's (0: 20 GB or half
+                                 # the free disk), or with state_cache off this fit's RAM (0: half the free RAM)
+    state_cache: bool = True     # keep those states on disk for every later fit and prediction (kit/states.py)
     # the leaderboard levers (kit/levers.py); the fingerprints are filled in when a run starts,
     # from the probabilities actually used, so retraining a teacher changes the student's key
     pseudo: str = None           # RUN[:SPLIT]: pseudo-labels from RUN's predictions of SPLIT (default test)
@@ -109,91 +111,41 @@ class _PassThrough(torch.nn.Module):
 
 class FrozenBottom:
     """When only the top blocks learn (LoRA on the top N layers), the lower blocks give the
-    same output for a row in every epoch: compute it once, then train on the top blocks alone.
-    A step then costs the top blocks' forward and backward, not a pass through the whole model.
+    same output for a row in every epoch: their states come from a state source (kit/states.py:
+    the disk cache shared by folds, runs and predictions, or states kept for this fit only),
+    and the top blocks run alone. A step then costs the top blocks' forward and backward, not a
+    pass through the whole model; a prediction costs the top blocks' forward.
 
-    The states live in CPU memory (pinned when the model is on a GPU, in the model's dtype, so
-    half precision there), never on the GPU beyond one batch; when they would exceed the budget,
-    or every row is seen only once (nothing to reuse), training runs through all blocks instead,
-    with a one-line notice. The cached states are fed to the first trained block through a
-    forward pre-hook, so whatever the backbone does before its blocks (Gemma scales the
-    embeddings) is not applied twice: the block sees exactly what it saw in the full pass."""
+    The cached states are fed to the first trained block through a forward pre-hook, so
+    whatever the backbone does before its blocks (Gemma scales the embeddings) is not applied
+    twice: the block sees exactly what it saw in the full pass."""
 
-    def __init__(self, model, sequences, budget_bytes=None, passes=2.0, batch_size=32):
+    def __init__(self, model, split, states):
+        self.attribute, self.backbone, self.blocks = block_list(model)
+        self.split, self.states, self.pending = split, states, None
+        # the dtype hidden states flow in through the full pass (the frozen weights' dtype, bf16 on
+        # a GPU; LoRA's own fp32 weights cast their inputs themselves)
+        self.dtype = model.get_input_embeddings().weight.dtype
+
+    @staticmethod
+    def trainable_split(model):
+        """The first trained block when every block below it, and everything before the blocks,
+        is frozen; 0 when there is nothing to cache."""
         found = block_list(model)
-        self.split, self.pending = 0, None
         if found is None:
-            return
-        self.attribute, self.backbone, self.blocks = found
-        trainable = [any(p.requires_grad for p in block.parameters()) for block in self.blocks]
-        if any(trainable[:1]) or not any(trainable) or any(p.requires_grad for p in self._below_blocks()):
-            return            # everything learns: nothing to cache
-        split = trainable.index(True)
-        dtype = next(self.blocks[split].parameters()).dtype
-        if not dtype.is_floating_point:      # k-bit weights: the states come out in the compute dtype
-            dtype = torch.float32 if model.device.type == "cpu" else torch.bfloat16
-        hidden = model.config.get_text_config().hidden_size
-        need = sum(len(s) for s in sequences) * hidden * torch.finfo(dtype).bits // 8
-        # ranks on one machine share its memory
-        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        budget = budget_bytes if budget_bytes else available_memory_bytes() // (2 * ranks_here)
-        if passes <= 1.0:
-            log("frozen blocks: every row is seen once, so caching the lower blocks would not pay; "
-                "training through all blocks")
-            return
-        if need > budget:
-            log(f"frozen blocks: caching blocks 1-{split} would take {need / 2**30:.2f} GB, over the "
-                f"{budget / 2**30:.2f} GB budget (--frozen-cache-gb); training through all blocks")
-            return
-        self.split = split
-        self.offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
-        pin = model.device.type == "cuda"
-        self.store = torch.empty(int(self.offsets[-1]), hidden, dtype=dtype, pin_memory=pin)
-        self._compute(model, sequences, batch_size)
-
-    def _below_blocks(self):
-        skip = {id(p) for p in self.blocks.parameters()}
-        return [p for p in self.backbone.parameters() if id(p) not in skip]
-
-    def _compute(self, model, sequences, batch_size):
-        class Stop(Exception):
-            pass
-        captured = {}
-
-        def grab(module, args, output):
-            captured["h"] = output[0] if isinstance(output, tuple) else output
-            raise Stop
-        hook = self.blocks[self.split - 1].register_forward_hook(grab)
-        order = np.argsort([len(s) for s in sequences], kind="stable")
-        try:
-            with torch.no_grad():
-                for start in tqdm(range(0, len(order), batch_size), desc=f"frozen blocks 1-{self.split}",
-                                  unit="batch", dynamic_ncols=True):
-                    rows = order[start:start + batch_size]
-                    batch = pad_batch([sequences[i] for i in rows], 0, True, model.device)
-                    try:
-                        self.backbone(**batch)
-                    except Stop:
-                        pass
-                    states = captured["h"].to("cpu")
-                    for j, i in enumerate(rows):
-                        self.store[self.offsets[i]:self.offsets[i + 1]] = states[j, -len(sequences[i]):]
-        finally:
-            hook.remove()
+            return 0
+        _, backbone, blocks = found
+        trainable = [any(p.requires_grad for p in block.parameters()) for block in blocks]
+        inside = {id(p) for p in blocks.parameters()}
+        before = any(p.requires_grad for p in backbone.parameters() if id(p) not in inside)
+        if trainable[0] or not any(trainable) or before:
+            return 0
+        return trainable.index(True)
 
     def inputs(self, rows, pad_id, device):
         """A left-padded batch for the top blocks: filler ids for the (discarded) embeddings,
         and the cached states waiting for the first trained block's pre-hook."""
-        lengths = [int(self.offsets[i + 1] - self.offsets[i]) for i in rows]
-        width = max(lengths)
-        states = torch.zeros(len(rows), width, self.store.shape[1], dtype=self.store.dtype,
-                             pin_memory=self.store.is_pinned())
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for j, (i, n) in enumerate(zip(rows, lengths)):
-            states[j, width - n:] = self.store[self.offsets[i]:self.offsets[i + 1]]
-            mask[j, width - n:] = 1
-        self.pending = states.to(device, non_blocking=True)
-        mask = mask.to(device)
+        self.pending, mask = self.states.batch(rows, self.dtype, device)
         # any id but the pad: a classification head pools the last non-pad id, which with left
         # padding is the last position, as in the full pass
         filler = 1 if pad_id == 0 else 0
@@ -440,13 +392,33 @@ def autocast_and_scaler(precision, device_type):
     return (lambda: torch.autocast(device_type, dtype=dtype)), scaler
 
 
+def _frozen_bottom(model, ids, args, steps, step, source):
+    """FrozenBottom when the lower blocks are frozen and rows are seen more than once, else None."""
+    from .states import MemoryStates
+    split = FrozenBottom.trainable_split(model)
+    if not split or step >= steps:
+        return None
+    if steps * args.batch_size * args.grad_accum <= len(ids):
+        log("frozen blocks: every row is seen once, so caching the lower blocks would not pay; "
+            "training through all blocks")
+        return None
+    source = source or MemoryStates(int(args.frozen_cache_gb * 2**30))
+    states = source.states(model, split, ids)
+    if states is None:
+        return None
+    return FrozenBottom(model, split, states)
+
+
 def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc="train",
-        left_pad=True, frozen_bottom=True, checkpoint_key=None, precision="fp32", data_parallel=True):
+        left_pad=True, frozen_bottom=True, checkpoint_key=None, precision="fp32", data_parallel=True,
+        state_source=None):
     """Train the trainable parameters of module.model on token sequences; returns the per-step
     loss log. module(inputs, targets_of_batch) -> summed loss (AnswerLoss, ClassifyLoss).
     A checkpoint is resumed only when it carries checkpoint_key (the run's configuration).
     Under torchrun / accelerate launch (and data_parallel) each rank takes its share of every
-    global batch and DistributedDataParallel all-reduces the gradients."""
+    global batch and DistributedDataParallel all-reduces the gradients. state_source
+    (kit/states.py) gives the frozen lower blocks' states; by default they are kept for this
+    fit only. Returns the per-step loss log."""
     from transformers import get_linear_schedule_with_warmup
     from . import dist
     model = module.model
@@ -467,10 +439,8 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
     key = checkpoint_key or "unkeyed"
     if resume and checkpoint and os.path.exists(checkpoint):
         step, loss_log = load_checkpoint(checkpoint, key, trainable, optimizer, scheduler, scaler)
-    passes = steps * args.batch_size * args.grad_accum / max(1, len(ids))
-    bottom = FrozenBottom(model, ids, int(args.frozen_cache_gb * 2**30), passes) \
-        if frozen_bottom and left_pad and step < steps else None
-    if bottom is not None and bottom.split:
+    bottom = _frozen_bottom(model, ids, args, steps, step, state_source) if frozen_bottom and left_pad else None
+    if bottom is not None:
         make_inputs = lambda rows: bottom.inputs(rows, pad_id, model.device)   # noqa: E731
     else:
         make_inputs = lambda rows: pad_batch([ids[i] for i in rows], pad_id, left_pad, model.device)  # noqa: E731

@@ -13,6 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def private_state_cache(tmp_path, monkeypatch):
+    """Every test gets its own frozen-state cache (kit/states.py), never the repository's."""
+    from kit import states
+    monkeypatch.setattr(states, "ROOT", tmp_path / "state-cache")
+    return tmp_path / "state-cache"
+
+
 def write_spec(directory, extra="", **overrides):
     """A binary spec over train.csv/test.csv in directory; overrides replace whole lines."""
     values = {"name": "toy", "train": "train.csv", "input": "{text}", "labels": '["0", "1"]',

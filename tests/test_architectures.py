@@ -16,6 +16,7 @@ from kit.models import ModelArgs, Task, load_model, make_model
 from kit.predict import PrefixCache, classify_proba, score_labels
 from kit.prompts import PromptEncoder
 from kit.spec import load_spec
+from kit.states import MemoryStates
 from kit.train import TrainArgs, block_list
 
 FAST = TrainArgs(max_steps=3, batch_size=8, lr=5e-3, checkpoint_every=0)
@@ -75,7 +76,7 @@ def test_frozen_bottom_equals_the_full_pass(tiny_arch, toy, monkeypatch, caplog,
     for frozen in (True, False):
         real = train.fit
         monkeypatch.setattr(train, "fit", lambda *a, **k: real(*a, **{**k, "frozen_bottom": frozen}))
-        args = margs(tiny_arch, family, head=head, lora_layers=1)
+        args = margs(tiny_arch, family, head=head, lora_layers=1, frozen_states="fp32")
         model = make_model(Task.from_spec(spec), args, TWO_EPOCHS)
         logs.append(model.fit(rows).loss_log)
         monkeypatch.setattr(train, "fit", real)
@@ -90,13 +91,14 @@ def test_frozen_bottom_caches_the_blocks_below_the_trained_one(tiny_arch, toy):
     model = make_model(Task.from_spec(spec), margs(tiny_arch, "gemma2", lora_layers=1), TWO_EPOCHS)
     ids, _ = model.encode(rows)
     peft = model._add_lora(model._load_base())
-    bottom = train.FrozenBottom(peft, ids, passes=2.0)
-    assert bottom.split == 2
+    split = train.FrozenBottom.trainable_split(peft)
+    assert split == 2
+    cached = MemoryStates().states(peft, split, ids)
     # the cached states are block 2's output, scaled embeddings included
     backbone = train.backbone_of(peft)
     with torch.no_grad():
         states = backbone(input_ids=torch.tensor([ids[0]]), output_hidden_states=True).hidden_states
-    torch.testing.assert_close(bottom.store[:len(ids[0])], states[2][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(cached.arrays[0]), states[2][0], rtol=1e-5, atol=1e-6)
 
 
 # -- 3. the prefix KV cache gives the same scores as no cache -------------------------------------
@@ -143,7 +145,8 @@ def test_frozen_bottom_equals_the_full_pass_beyond_the_sliding_window(tiny_arch,
     for frozen in (True, False):
         real = train.fit
         monkeypatch.setattr(train, "fit", lambda *a, **k: real(*a, **{**k, "frozen_bottom": frozen}))
-        args = ModelArgs(model=path, head="classify", lora_layers=lora_layers, attention=ATTENTION.get(family, "auto"))
+        args = ModelArgs(model=path, head="classify", lora_layers=lora_layers, attention=ATTENTION.get(family, "auto"),
+                         frozen_states="fp32")
         logs.append(make_model(Task.from_spec(spec), args, TWO_EPOCHS).fit(rows).loss_log)
         monkeypatch.setattr(train, "fit", real)
     assert "frozen blocks" not in caplog.text

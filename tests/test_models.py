@@ -1,5 +1,7 @@
 """Every road through the same interface: tiny random Qwen2 / Llama (no downloads) with both
 heads, the embedded MiniLM encoder, TF-IDF; save and reload give identical predictions."""
+import logging
+
 import numpy as np
 import pytest
 
@@ -85,7 +87,9 @@ def frozen_and_full_logs(path, spec, rows, head, monkeypatch, train_args=TWO_EPO
     for frozen in (True, False):
         real = train.fit
         monkeypatch.setattr(train, "fit", lambda *a, **k: real(*a, **{**k, "frozen_bottom": frozen, **fit_options}))
-        model = make_model(Task.from_spec(spec), ModelArgs(model=path, head=head, lora_layers=1), train_args)
+        # fp32 states: kept exactly, so the two roads must agree to rounding
+        model = make_model(Task.from_spec(spec), ModelArgs(model=path, head=head, lora_layers=1, frozen_states="fp32"),
+                           train_args)
         logs.append(model.fit(rows).loss_log)
         monkeypatch.undo()
     return logs
@@ -101,6 +105,7 @@ def test_frozen_bottom_trains_exactly_like_the_full_pass(tiny_llama, toy, head, 
 
 
 def test_over_budget_cache_trains_through_every_block_with_the_same_losses(tiny_llama, toy, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="kit")
     spec, rows = rows_of(toy)
     tiny_budget = TrainArgs(max_steps=6, batch_size=8, lr=5e-3, checkpoint_every=0, frozen_cache_gb=1e-7)
     over, full = frozen_and_full_logs(tiny_llama, spec, rows, "classify", monkeypatch, tiny_budget)
@@ -111,6 +116,7 @@ def test_over_budget_cache_trains_through_every_block_with_the_same_losses(tiny_
 
 
 def test_one_pass_over_the_rows_skips_the_cache(tiny_llama, toy, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="kit")
     spec, rows = rows_of(toy)
     frozen_and_full_logs(tiny_llama, spec, rows, "classify", monkeypatch, FAST)
     assert "every row is seen once" in caplog.text

@@ -1,5 +1,5 @@
 """Estimators behind one interface, and a registry that picks the class for a model name."""
-from .base import (EMBEDDED_ENCODER, EMBEDDED_LLM, HEADS, RUNTIME_ARGS_MODEL, TFIDF, Estimator, ModelArgs,
+from .base import (EMBEDDED_ENCODER, EMBEDDED_LLM, FROZEN_STATES, HEADS, RUNTIME_ARGS_MODEL, TFIDF, Estimator, ModelArgs,
                    NotFittedError,
                    Prediction, Task)
 from .embedded import base_identity, resolve_model
@@ -29,6 +29,6 @@ def load_model(directory, trust_remote_code=False):
     return cls.load(directory, trust_remote_code=trust_remote_code)
 
 
-__all__ = ["EMBEDDED_ENCODER", "EMBEDDED_LLM", "HEADS", "TFIDF", "Estimator", "ModelArgs", "NotFittedError",
+__all__ = ["EMBEDDED_ENCODER", "EMBEDDED_LLM", "FROZEN_STATES", "HEADS", "TFIDF", "Estimator", "ModelArgs", "NotFittedError",
            "Prediction", "RUNTIME_ARGS_MODEL", "Task", "REGISTRY", "KeywordExtractor", "KeywordWriter", "TfidfModel", "TransformerModel", "base_identity", "kind_of",
            "load_model", "make_model", "resolve_model"]

@@ -14,6 +14,7 @@ EMBEDDED_LLM = "smollm2"
 EMBEDDED_ENCODER = "minilm"
 TFIDF = "tfidf"
 HEADS = ("classify", "generate")
+FROZEN_STATES = ("fp16", "fp32", "int8")   # how the frozen lower blocks' states are computed and kept
 MODEL_FILE = "kit_model.json"     # what every saved estimator writes: its kind, task and settings
 
 
@@ -59,6 +60,8 @@ class ModelArgs:
     quantize: str = None           # 4bit | 8bit: QLoRA through bitsandbytes
     predict_batch_size: int = 32
     prefix_cache: bool = True
+    frozen_states: str = "fp16"    # the frozen lower blocks' states (LoRA on the top blocks): fp16 (an fp32
+                                   # pass, kept in half precision), fp32, or int8 (CPU: int8 lower blocks)
 
 
 # Settings that change how fast a model trains or predicts, never what it learns: not part of a

@@ -1,6 +1,7 @@
 """A transformers model with a generative head (answers the label word) or a classification
 head, fine-tuned with LoRA (or fully when lora_r == 0)."""
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,7 +148,7 @@ class TransformerModel(Estimator):
             model.config.pad_token_id = self.tokenizer.pad_token_id
         else:
             model = AutoModelForCausalLM.from_pretrained(self.path, **common)
-        self.device = device
+        self.device, self.weights_dtype = device, dtype
         return model if self.args.quantize else model.to(device)
 
     def _quantization(self, device):
@@ -210,17 +211,54 @@ class TransformerModel(Estimator):
             # hidden states that need no gradient themselves
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         ids, stats = encoded if encoded else self.encode(rows)
+        # a CV fold's ids are a subset of the run's encoded rows: its own figures
+        stats = dict(stats, rows=len(ids), mean_tokens=round(float(np.mean([len(s) for s in ids])), 1))
         log(f"train: {stats['rows']} rows, {stats['mean_tokens']} tokens per row on average, "
             f"{stats['truncated_rows']} truncated to {self.task.max_length}")
         sequences, targets, module = self._training_pairs(model, ids, rows)
+        source = self.state_source()
         self.loss_log = train.fit(module, sequences, targets, self.tokenizer.pad_token_id, self.train_args,
                                   checkpoint=checkpoint, resume=resume, left_pad=self.decoder,
                                   checkpoint_key=checkpoint_key, precision=self.args.precision,
-                                  data_parallel=self.data_parallel)
+                                  data_parallel=self.data_parallel, state_source=source)
         self.model = model.eval()
-        self.train_stats = stats
+        self.train_stats = {**stats, **_frozen_stats(source.last)}
         self._fitted_now()
         return self
+
+    def state_source(self):
+        """Where the frozen lower blocks' states come from (kit/states.py): the disk cache shared
+        by every fit and prediction from the same base model, or (--no-state-cache) this call's
+        own pass."""
+        from ..states import DiskStates, MemoryStates
+        from .embedded import base_identity
+        budget = int(self.train_args.frozen_cache_gb * 2**30)
+        if not self.train_args.state_cache:
+            return MemoryStates(budget, self.args.frozen_states)
+        identity = {"base": base_identity(self.args.model)["fingerprint"], "dtype": str(self.weights_dtype),
+                    "quantize": self.args.quantize, "attention": self.args.attention, "device": self.device}
+        return DiskStates(identity, self.args.frozen_states, budget)
+
+    def _top_blocks_only(self, ids):
+        """With LoRA on the top N blocks the lower blocks are the base model's own, so a
+        prediction reads their states from the cache (computing what is missing, once for every
+        model that shares them: fold models, sweep entries) and runs the top blocks alone.
+        None where that does not hold (full fine-tunes, k-bit bases, encoders) or without the disk
+        cache (--no-state-cache, kit serve: the full pass with the prefix KV cache costs less than
+        states computed for one prediction and dropped)."""
+        from ..train import FrozenBottom
+        layers = self.config.get_text_config().num_hidden_layers
+        lora_layers = self.args.lora_layers if isinstance(self.args.lora_layers, int) else 0
+        if not (self.train_args.state_cache and self.decoder and self.args.lora_r and 0 < lora_layers < layers
+                and not self.args.quantize):
+            return None
+        split = layers - lora_layers
+        source = self.state_source()
+        states = source.states(self.model, split, ids)
+        if states is None:
+            return None
+        self.predict_frozen = _frozen_stats(source.last)
+        return FrozenBottom(self.model, split, states)
 
     def _training_pairs(self, model, ids, rows):
         """(token sequences, targets, the loss module): the generative head's answers follow
@@ -269,17 +307,27 @@ class TransformerModel(Estimator):
         return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
     def predict(self, rows, mode="score", encoded=None):
-        from ..predict import FALLBACK, GENERATE, SCORE, classify_proba, generate_labels
+        from ..train import autocast_and_scaler
         self._require_fitted("predict")
         ids, stats = encoded if encoded else self.encode(rows)
+        # the trained weights (LoRA, the classification head) are fp32 beside bf16/fp16 frozen
+        # weights on a GPU: prediction runs under the autocast training ran under
+        autocast, _ = autocast_and_scaler(self.args.precision, self.model.device.type)
+        with autocast():
+            return self._predict(ids, stats, mode)
+
+    def _predict(self, ids, stats, mode):
+        from ..predict import FALLBACK, GENERATE, SCORE, classify_proba, generate_labels
         pad, size = self.tokenizer.pad_token_id, self.args.predict_batch_size
+        self.predict_frozen = {}
         if self.args.head == "classify":
             if mode == GENERATE:
                 log("predict: a classify-head model has no answers to generate; using its label probabilities")
-            probs = classify_proba(self.model, ids, pad, size, self.args.prefix_cache)
-            return Prediction(probs, ["classify"] * len(ids), stats=stats)
+            with self._inputs_maker(ids) as inputs:
+                probs = classify_proba(self.model, ids, pad, size, self.args.prefix_cache, inputs=inputs)
+            return Prediction(probs, ["classify"] * len(ids), stats={**stats, **self.predict_frozen})
         if mode == SCORE:
-            return Prediction(self._label_scores(ids), [SCORE] * len(ids), stats=stats)
+            return Prediction(self._label_scores(ids), [SCORE] * len(ids), stats={**stats, **self.predict_frozen})
         probs, parsed, raw = generate_labels(self.model, self.tokenizer, ids, self.answers, self.task.words, pad, size)
         if not first_tokens_differ(self.answers):   # the fallback needs whole-answer scores then
             probs = self._label_scores(ids)
@@ -294,8 +342,21 @@ class TransformerModel(Estimator):
         pad, size = self.tokenizer.pad_token_id, self.args.predict_batch_size
         if first_tokens_differ(self.answers):
             firsts = [a[0] for a in self.answers]
-            return score_labels(self.model, ids, firsts, pad, size, self.args.prefix_cache)
+            with self._inputs_maker(ids) as inputs:
+                return score_labels(self.model, ids, firsts, pad, size, self.args.prefix_cache, inputs=inputs)
         return answer_scores(self.model, ids, self.answers, pad, size)
+
+    @contextlib.contextmanager
+    def _inputs_maker(self, ids):
+        """inputs(index, rows) for the prediction batches: from the cached lower states through the
+        top blocks where that holds, else None (the full pass with the prefix KV cache)."""
+        bottom = self._top_blocks_only(ids)
+        if bottom is None:
+            yield None
+            return
+        pad = self.tokenizer.pad_token_id
+        with bottom:
+            yield lambda index, rows: bottom.inputs(index, pad, self.model.device)
 
     def save(self, directory):
         self._require_fitted("save")
@@ -326,4 +387,9 @@ class TransformerModel(Estimator):
         return model
 
 
-
+def _frozen_stats(counts):
+    """The frozen pass's figures as the reports show them (nothing when it did not run)."""
+    if not counts:
+        return {}
+    return {"frozen_rows_reused": counts["reused"], "frozen_rows_computed": counts["computed"],
+            "frozen_seconds": counts["seconds"]}
