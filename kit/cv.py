@@ -128,7 +128,8 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
         model = make_model(task, model_args, train_args, trust_remote_code)
         model.data_parallel = False      # under N ranks, each rank fits whole folds of its own
         return model
-    encoded = encoder.encode(rows) if hasattr(encoder, "encode") else None   # once, for every fold
+    # once, for every fold (with few-shot examples each fold's prompt is its own: encoded by the fold)
+    encoded = encoder.encode(rows) if hasattr(encoder, "encode") and not task.few_shot else None
     if encoded:
         log(f"cv: {encoded[1]['rows']} rows tokenised once, {encoded[1]['mean_tokens']} tokens per row, "
             f"{encoded[1]['truncated_rows']} truncated to {task.max_length}")

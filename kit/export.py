@@ -169,7 +169,7 @@ def _describe(run, estimator, labels, words, dtype, commands):
                     "base_model": args.model, "base_path": str(estimator.path) if args.lora_r else None,
                     "lora_r": args.lora_r, "merged": bool(args.lora_r), "quantize_at_training": args.quantize,
                     "dtype": str(dtype).replace("torch.", "")},
-            "task": {"head": args.head, "instruction": task.instruction, "labels": labels,
+            "task": {"head": args.head, "instruction": task.prompt(), "labels": labels,
                      "label_words": words, "max_length": task.max_length},
             "prompt": _prompt(estimator),
             "padding": "left, position ids counted from each row's first real token" if estimator.decoder
@@ -291,7 +291,7 @@ def _check_tokenizer(directory, estimator):
     from transformers import AutoTokenizer
     from .prompts import PromptEncoder
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=estimator.trust_remote_code)
-    again = PromptEncoder(tokenizer, estimator.task.instruction, estimator.task.max_length)
+    again = PromptEncoder(tokenizer, estimator.task.prompt(), estimator.task.max_length)
     if (again.prefix, again.tail) != (estimator.encoder.prefix, estimator.encoder.tail):
         raise KitError(f"export: the saved tokenizer renders another prompt than the run's "
                        f"({len(again.prefix)}+{len(again.tail)} vs {len(estimator.encoder.prefix)}+"

@@ -19,7 +19,8 @@ DEFAULT_SPEC = "data/competition.toml"
 
 TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission", "targets")
 COLUMN_KEYS = ("id", "label", "input")
-TASK_KEYS = ("instruction", "labels", "label_words", "label_descriptions", "metric", "max_length")
+TASK_KEYS = ("instruction", "labels", "label_words", "label_descriptions", "metric", "max_length", "few_shot")
+FEW_SHOT_MAX = 16
 SUBMISSION_KEYS = ("columns", "id_column", "label_column", "sample", "sample_split", "fill")
 TARGET_KEYS = ("kind", "source", "extractor", "train", "input", "instruction", "separator", "count", "max_count",
                "metric", "max_length")
@@ -73,6 +74,7 @@ class Spec:
     raw: dict = field(default_factory=dict)    # the TOML as read, saved with every run
     targets: dict = field(default_factory=dict)  # predicted submission column -> Target
     target: dict = None        # set on a target's own spec (Spec.for_target): what keys its runs
+    few_shot: int = 0          # k labelled examples in the prompt, drawn from each fit's training rows
 
     @property
     def has_labels(self):
@@ -90,7 +92,7 @@ class Spec:
         return replace(self, name=f"{self.name}.{re.sub(r'[^A-Za-z0-9_-]', '_', column)}"[:64],
                        train=target.train or self.train, label_column=target.source, labels=[], label_words={},
                        instruction=target.instruction, metric=target.metric, input_template=target.input_template,
-                       max_length=target.max_length,
+                       max_length=target.max_length, few_shot=0,
                        target={k: v for k, v in asdict(target).items() if k != "train"})   # the data key covers it
 
     @property
@@ -125,6 +127,7 @@ class Spec:
             "id_column": str(self.id_column),
             "label_column": str(self.label_column),
             **({"target": self.target} if self.target else {}),
+            **({"few_shot": int(self.few_shot)} if self.few_shot else {}),   # absent: earlier keys stand
         }
 
     def fingerprint(self):
@@ -283,6 +286,14 @@ def _metric(task, labels, where):
     return metric
 
 
+def _few_shot(task, where):
+    """[task] few_shot = k: k labelled training rows shown in the prompt (the seeds' lever)."""
+    value = task.get("few_shot", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= FEW_SHOT_MAX:
+        raise KitError(f"{where} few_shot: must be an integer between 0 and {FEW_SHOT_MAX}, got {value!r}")
+    return value
+
+
 def _max_length(task, where):
     value = task.get("max_length", 256)
     low, high = MAX_LENGTH_RANGE
@@ -415,7 +426,8 @@ def _targets(raw, base, input_template, max_length, path):
 def _label_task(task, label_column, where):
     """(labels, label words, metric, instruction) of [task]; none of them without a label column."""
     if label_column is None:
-        extra = [key for key in ("labels", "label_words", "label_descriptions", "metric", "instruction") if key in task]
+        extra = [key for key in ("labels", "label_words", "label_descriptions", "metric", "instruction", "few_shot")
+                 if key in task]
         if extra:
             raise KitError(f"{where} {extra[0]}: the spec has no [columns] label for it to describe")
         return [], {}, None, ""
@@ -480,5 +492,5 @@ def load_spec(path=DEFAULT_SPEC):
         max_length=max_length, submission_columns=sub_columns, submission_label=sub_label,
         submission_id=sub_id, fill=fill, sample=sample, sample_split=sample_split,
         answers={split: base / file for split, file in answers.items()},
-        raw=raw,
+        raw=raw, few_shot=_few_shot(task, f"{path} [task]") if label_column else 0,
     )

@@ -2,6 +2,7 @@
 refusals, the run key, and the honest CV protocol (fold k learns only from the teacher's fold-k
 model, never from fold k's held-out rows)."""
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -277,3 +278,47 @@ def test_cv_with_pseudo_labels_and_a_teacher_keeps_fold_k_to_fold_k(teacher, toy
     recorded = student.config["train"]
     assert (filled.pseudo_fingerprint, filled.teacher_fingerprint) == (recorded["pseudo_fingerprint"],
                                                                        recorded["teacher_fingerprint"])
+
+
+# -- few-shot examples: drawn from the training fold only ---------------------------------------
+def test_few_shot_examples_come_from_each_folds_training_rows(tiny_llama, tmp_path):
+    from conftest import write_toy_competition
+    spec_path = write_toy_competition(tmp_path)
+    text = re.sub(r"max_length = \d+", "max_length = 256", spec_path.read_text())   # room for 3 examples
+    spec_path.write_text(text.replace("[task]\n", "[task]\nfew_shot = 3\n"))
+    spec = load_spec(spec_path)
+    assert spec.few_shot == 3 and "few_shot" in spec.describe()
+    rows, _ = load_rows(spec, "train")
+    args = ModelArgs(model=tiny_llama, head="classify", lora_layers=1)
+    scores = kit_cv.cross_validate(spec, args, TrainArgs(max_steps=2, batch_size=8, checkpoint_every=0), folds=3,
+                            runs=tmp_path / "runs", keep_models=True)
+    run = tmp_path / "runs" / scores["config"]["name"]
+    for number in range(3):
+        held = set(np.asarray(rows.texts)[json.loads((run / "cv" / f"fold-{number}.json").read_text())["index"]])
+        task = json.loads((run / "cv" / f"fold-{number}-model" / "kit_model.json").read_text())["task"]
+        assert len(task["examples"]) == 3 and {w for _, w in task["examples"]} == {"0", "1"}
+        assert not {text for text, _ in task["examples"]} & held
+
+
+def test_few_shot_prompt_shows_the_examples_and_reloads(tiny_llama, toy, tmp_path):
+    spec = load_spec(toy)
+    spec.few_shot, spec.max_length = 2, 256
+    rows, _ = load_rows(spec, "train")
+    model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_llama, head="classify"),
+                       TrainArgs(max_steps=1, batch_size=8, checkpoint_every=0)).fit(rows)
+    prompt = model.tokenizer.decode(model.encoder.prefix)
+    assert "Examples:" in prompt and model.task.examples[0][0] in prompt
+    model.save(tmp_path / "saved")
+    again = load_model(tmp_path / "saved")
+    np.testing.assert_array_equal(model.predict(rows).probs, again.predict(rows).probs)
+
+
+@pytest.mark.parametrize("value", [-1, 17, "2", 1.5])
+def test_few_shot_must_be_a_small_integer(toy, value):
+    toy.write_text(toy.read_text().replace("[task]\n", f"[task]\nfew_shot = {json_value(value)}\n"))
+    with pytest.raises(KitError, match="few_shot: must be an integer between 0 and 16"):
+        load_spec(toy)
+
+
+def json_value(value):
+    return f'"{value}"' if isinstance(value, str) else str(value)

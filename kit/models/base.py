@@ -28,11 +28,44 @@ class Task:
     instruction: str
     words: list               # label words, in label order
     max_length: int = 256
+    few_shot: int = 0         # k labelled examples in the prompt, drawn by fit from its training rows
+    examples: list = None     # what fit drew: [input text, label word] pairs, saved with the model
 
     @classmethod
     def from_spec(cls, spec, max_length=None):
         return cls(spec.instruction, [spec.label_words[label] for label in spec.labels],
-                   max_length or spec.max_length)
+                   max_length or spec.max_length, getattr(spec, "few_shot", 0))
+
+    def prompt(self):
+        """The instruction the model reads: with few-shot examples, followed by them."""
+        if not self.examples:
+            return self.instruction
+        shown = "\n\n".join(f"Input: {text}\nAnswer: {word}" for text, word in self.examples)
+        return f"{self.instruction}\n\nExamples:\n\n{shown}"
+
+    def with_examples(self, rows, seed):
+        """A copy holding few_shot examples drawn from these (training) rows: labels taken in
+        turn so every label is shown, rows at random (seeded), each text cut to EXAMPLE_CHARS."""
+        from dataclasses import replace
+        if not self.few_shot or rows.labels is None:
+            return self
+        rng = np.random.default_rng(seed)
+        by_label = [list(rng.permutation(np.flatnonzero(np.asarray(rows.labels) == k)))
+                    for k in range(len(self.words))]
+        chosen = []
+        while len(chosen) < self.few_shot and any(by_label):
+            for k, pool in enumerate(by_label):
+                if pool and len(chosen) < self.few_shot:
+                    chosen.append([_cut(rows.texts[pool.pop()]), self.words[k]])
+        return replace(self, examples=chosen)
+
+
+EXAMPLE_CHARS = 300       # a few-shot example's input, cut: k long abstracts would crowd out the row
+
+
+def _cut(text):
+    text = " ".join(str(text).split())
+    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS].rsplit(" ", 1)[0] + " ..."
 
 
 @dataclass

@@ -122,7 +122,7 @@ class TransformerModel(Estimator):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
-        self.encoder = PromptEncoder(tokenizer, self.task.instruction, self.task.max_length, chat=self.decoder)
+        self.encoder = PromptEncoder(tokenizer, self.task.prompt(), self.task.max_length, chat=self.decoder)
         if self.args.head == "generate":
             self.answers = answer_ids(tokenizer, self.task.words)
 
@@ -200,6 +200,11 @@ class TransformerModel(Estimator):
 
     def fit(self, rows, checkpoint=None, resume=False, encoded=None, checkpoint_key=None):
         from .. import train
+        if self.task.few_shot:
+            # examples from this fit's training rows only (a CV fold's): the prompt is this model's own,
+            # so rows encoded by the caller with the bare instruction are encoded again
+            self.task, encoded = self.task.with_examples(rows, self.train_args.seed), None
+            self.tokenizer = None
         self._prepare_text()
         self.resolve_args()
         self.check_memory(self.train_args.batch_size)
@@ -309,7 +314,7 @@ class TransformerModel(Estimator):
     def predict(self, rows, mode="score", encoded=None):
         from ..train import autocast_and_scaler
         self._require_fitted("predict")
-        ids, stats = encoded if encoded else self.encode(rows)
+        ids, stats = encoded if encoded and not self.task.examples else self.encode(rows)
         # the trained weights (LoRA, the classification head) are fp32 beside bf16/fp16 frozen
         # weights on a GPU: prediction runs under the autocast training ran under
         autocast, _ = autocast_and_scaler(self.args.precision, self.model.device.type)
