@@ -393,12 +393,14 @@ def autocast_and_scaler(precision, device_type):
 
 
 def _frozen_bottom(model, ids, args, steps, step, source):
-    """FrozenBottom when the lower blocks are frozen and rows are seen more than once, else None."""
+    """FrozenBottom when the lower blocks are frozen, else None. Without the disk cache the states
+    pay only when rows are seen more than once; with it they are kept for later fits anyway."""
     from .states import MemoryStates
     split = FrozenBottom.trainable_split(model)
     if not split or step >= steps:
         return None
-    if steps * args.batch_size * args.grad_accum <= len(ids):
+    kept_on_disk = source is not None and not isinstance(source, MemoryStates)
+    if not kept_on_disk and steps * args.batch_size * args.grad_accum <= len(ids):
         log("frozen blocks: every row is seen once, so caching the lower blocks would not pay; "
             "training through all blocks")
         return None
