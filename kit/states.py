@@ -180,9 +180,6 @@ class RowStates:
     def __init__(self, arrays, hidden):
         self.arrays, self.hidden = arrays, hidden
 
-    def __len__(self):
-        return len(self.arrays)
-
     def batch(self, rows, dtype, device):
         """(left-padded states, attention mask) for these rows."""
         lengths = [len(self.arrays[i]) for i in rows]

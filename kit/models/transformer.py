@@ -240,7 +240,9 @@ class TransformerModel(Estimator):
         budget = int(self.train_args.frozen_cache_gb * 2**30)
         if not self.train_args.state_cache:
             return MemoryStates(budget, self.args.frozen_states)
-        identity = {"base": base_identity(self.args.model)["fingerprint"], "dtype": str(self.weights_dtype),
+        if not hasattr(self, "base_fingerprint"):   # hashes weight files: once per model, not per predict chunk
+            self.base_fingerprint = base_identity(self.args.model)["fingerprint"]
+        identity = {"base": self.base_fingerprint, "dtype": str(self.weights_dtype),
                     "quantize": self.args.quantize, "attention": self.args.attention, "device": self.device}
         return DiskStates(identity, self.args.frozen_states, budget)
 
