@@ -123,15 +123,15 @@ def _model_options(command, multiple_models=False):
         click.option("--pseudo", default=None, metavar="RUN[:SPLIT]",
                      help="Pseudo-labels: add SPLIT's rows (default test) whose top probability in RUN's "
                           "predictions-SPLIT.csv reaches --pseudo-threshold, labelled with its argmax. Under "
-                          "`kit cv`, RUN must be a `kit cv --keep-models` run on the same folds: fold k uses its "
-                          "fold-k model only."),
+                          "`kit cv`, RUN must be a `kit cv --keep-models` run on the same folds (or a `kit blend` of "
+                          "such runs): fold k uses its fold-k model(s) only."),
         click.option("--pseudo-threshold", type=click.FloatRange(0.5, 1), default=DEFAULTS_T.pseudo_threshold,
                      show_default=True, help="The top probability a split row needs to become a pseudo-label."),
         click.option("--pseudo-soft", is_flag=True,
                      help="Learn the pseudo rows' probability vectors instead of their argmax (--head classify)."),
         click.option("--teacher", default=None, metavar="RUN",
                      help="Distil: learn RUN's probabilities beside the labels (its oof.csv; under `kit cv` its "
-                          "fold-k model for fold k). Loss (1 - W) * CE + W * T^2 * KL(teacher_T || student_T)."),
+                          "fold-k model for fold k; a blend: its members' fold-k models). Loss (1 - W) * CE + W * T^2 * KL(teacher_T || student_T)."),
         click.option("--kl-weight", type=click.FloatRange(0, 1), default=DEFAULTS_T.kl_weight, show_default=True,
                      help="W: the teacher's share of the loss."),
         click.option("--temperature", type=click.FloatRange(0, min_open=True), default=DEFAULTS_T.temperature,

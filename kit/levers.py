@@ -11,7 +11,8 @@ so a retrained teacher gives the student a new run folder, never a stale one.
 teacher's full-train model, its fold ensemble and its other folds' models all saw them. So under
 `kit cv` the teacher must be a `kit cv --keep-models` run on exactly these folds, and fold k's
 pseudo-labels and teacher probabilities come from the teacher's fold-k model alone, whose
-training rows are fold k's training rows. (Its oof.csv is not used there: the OOF probability of
+training rows are fold k's training rows. A `kit blend` of such runs teaches fold k with its
+members' fold-k models, weighted by weights refitted on the OOF rows outside fold k. (Its oof.csv is not used there: the OOF probability of
 a row in fold j comes from a model that was trained on fold k.) Those per-fold predictions are
 cached in the teacher's folder, keyed by the fold model's id and the rows, so the next CV reuses
 them.
@@ -238,8 +239,8 @@ def require_same_folds(run, spec, fold, option):
     """RUN must be a `kit cv --keep-models` run of this training file with exactly these folds."""
     protocol = (f"{option} under kit cv: fold k may only learn from a model that never saw fold k's held-out "
                 f"labels, so {run.name} must be a `kit cv --keep-models` run on exactly this CV's folds")
-    if run.config.get("model", {}).get("model") == "blend" or not run.fold_models:
-        raise KitError(f"{protocol}; it has no fold models (a blend or a train-only run works with kit train only)")
+    if not run.fold_models:
+        raise KitError(f"{protocol}; it has no fold models (a train-only run works with kit train only)")
     if run.config.get("data", {}).get("fingerprint") != file_fingerprint(spec.train):
         raise KitError(f"{protocol}; it was cross-validated on another training file than {spec.train}")
     if run.config.get("spec", {}).get("resolved", {}).get("labels") != list(spec.labels):
@@ -305,6 +306,45 @@ def fold_predictions(run, number, rows, what, trust_remote_code=False):
     return probs
 
 
+def fold_source(spec, name, fold, option, runs=RUNS, trust_remote_code=False):
+    """(predict(number, rows, what) -> probabilities from models that never saw fold `number`'s
+    held-out labels, describe(number) -> where they come from) for RUN under `kit cv`.
+
+    A `kit blend` of `kit cv --keep-models` runs works too: fold k combines its members' fold-k
+    models, with weights refitted on the OOF rows outside fold k (the blend's own weights were
+    fitted on fold k's labels as well)."""
+    source = load_run(name, runs)
+    if source.config.get("model", {}).get("model") != "blend":
+        require_same_folds(source, spec, fold, option)
+        return (lambda number, rows, what: fold_predictions(source, number, rows, what, trust_remote_code),
+                source.fold_model)
+    from .ensemble import combine
+    names = source.config["model"].get("runs") or []
+    members = [load_run(member, runs) for member in names]
+    for member in members:
+        require_same_folds(member, spec, fold, f"{option} (a blend of {', '.join(names)})")
+    weights = blend_fold_weights(spec, names, fold, runs)
+
+    def predict(number, rows, what):
+        return combine([fold_predictions(m, number, rows, what, trust_remote_code) for m in members], weights[number])
+
+    def describe(number):
+        shares = ", ".join(f"{m.name} {w:.2f}" for m, w in zip(members, weights[number]))
+        return f"{source.name} fold {number + 1} ({shares}; weights fitted without fold {number + 1})"
+    return predict, describe
+
+
+def blend_fold_weights(spec, names, fold, runs=RUNS):
+    """Fold number -> the blend weights fitted on the members' OOF rows outside that fold."""
+    from .ensemble import fit_weights, read_runs
+    _, _, _, truth, oof_fold, probs = read_runs(spec, names, runs)
+    weights = {}
+    for number in sorted(set(fold.tolist()) - {-1}):
+        outside = oof_fold != number
+        weights[number] = fit_weights(spec.metric, truth[outside], [p[outside] for p in probs])[0]
+    return weights
+
+
 @dataclass
 class FoldLevers:
     """Per fold of `kit cv`: the pseudo rows and the training rows' teacher probabilities, all
@@ -350,25 +390,24 @@ def _for_cv(spec, rows, fold, model, train_args, runs, trust_remote_code):
     numbers = sorted(set(fold.tolist()) - {-1})
     pseudo, teacher, counts, digests = {}, {}, {}, {"pseudo": [], "teacher": []}
     if train_args.teacher:
-        source = load_run(train_args.teacher, runs)
-        require_same_folds(source, spec, fold, f"--teacher {train_args.teacher}")
+        predict, _ = fold_source(spec, train_args.teacher, fold, f"--teacher {train_args.teacher}", runs,
+                                 trust_remote_code)
         for number in numbers:
             index = np.flatnonzero(fold != number)
-            probs = fold_predictions(source, number, rows.subset(index), "train", trust_remote_code)
+            probs = predict(number, rows.subset(index), "train")
             teacher[number] = normalised(probs).tolist()
             digests["teacher"].append(_digest([rows.ids[i] for i in index], probs))
     if train_args.pseudo:
         name, split, split_rows = _pseudo_split(spec, train_args.pseudo)
-        source = load_run(name, runs)
-        require_same_folds(source, spec, fold, f"--pseudo {train_args.pseudo}")
+        predict, describe = fold_source(spec, name, fold, f"--pseudo {train_args.pseudo}", runs, trust_remote_code)
         split_ids = model.encode(split_rows)[0] if hasattr(model, "encode") else None
         for number in numbers:
-            probs = fold_predictions(source, number, split_rows, f"split-{split}", trust_remote_code)
+            probs = predict(number, split_rows, f"split-{split}")
             extra, keep = select_pseudo(split_rows, probs, train_args.pseudo_threshold, train_args.pseudo_soft,
                                         bool(train_args.teacher))
             pseudo[number] = (extra, None if split_ids is None else [split_ids[i] for i in keep])
             counts[number] = _log_pseudo(spec, extra, len(split_rows), split, train_args.pseudo_threshold,
-                                         source.fold_model(number))
+                                         describe(number))
             digests["pseudo"].append(_pseudo_digest(split, split_rows, probs, keep))
     filled = replace(train_args, pseudo_fingerprint=fingerprint("cv", digests["pseudo"]) if train_args.pseudo else None,
                      teacher_fingerprint=fingerprint("cv", digests["teacher"]) if train_args.teacher else None)

@@ -280,6 +280,36 @@ def test_cv_with_pseudo_labels_and_a_teacher_keeps_fold_k_to_fold_k(teacher, toy
                                                                        recorded["teacher_fingerprint"])
 
 
+
+def test_cv_pseudo_labels_from_a_blend_come_from_each_folds_members(teacher, toy, tiny_llama, monkeypatch):
+    """A blend as the pseudo source under kit cv: fold k's pseudo-labels combine its members'
+    fold-k models, weighted by weights fitted on the OOF rows outside fold k."""
+    from kit import ensemble
+    _ok("cv", "--spec", toy, "--model", tiny_llama, "--folds", 3, "--max-steps", 2, "--batch-size", 8,
+        "--no-baseline", "--keep-models", "--name", "llm")
+    _ok("blend", "--spec", toy, "teacher", "llm", "--name", "mix")
+    seen, fitted = [], []
+    real_fit, real_weights = kit_cv.fit_timed, ensemble.fit_weights
+    monkeypatch.setattr(kit_cv, "fit_timed",
+                        lambda model, rows, *a, **k: seen.append(rows) or real_fit(model, rows, *a, **k))
+    monkeypatch.setattr(ensemble, "fit_weights", lambda metric, truth, probs: fitted.append(
+        (len(truth), real_weights(metric, truth, probs)[0])) or real_weights(metric, truth, probs))
+    _ok("cv", "--spec", toy, "--model", "tfidf", "--folds", 3, "--no-baseline", "--pseudo", "mix",
+        "--pseudo-threshold", 0.5, "--name", "student")
+    spec = load_spec(toy)
+    train_rows, test_rows = load_rows(spec, "train")[0], load_rows(spec, "test")[0]
+    folds = [json.loads(teacher.fold_result(k).read_text())["index"] for k in range(3)]
+    assert [n for n, _ in fitted] == [len(train_rows) - len(f) for f in folds]     # fold k's rows left out
+    llm = load_run("llm")
+    for k, rows in enumerate(seen):
+        assert {train_rows.ids[i] for i in folds[k]}.isdisjoint(rows.ids)
+        weights = fitted[k][1]
+        assert np.all(weights >= 0) and np.isclose(weights.sum(), 1.0)
+        members = [load_model(run.fold_model(k)).predict(test_rows).probs for run in (teacher, llm)]
+        expected = weights[0] * members[0] + weights[1] * members[1]
+        assert rows.ids[-len(test_rows):] == test_rows.ids
+        assert rows.labels[-len(test_rows):] == expected.argmax(1).tolist()
+
 # -- few-shot examples: drawn from the training fold only ---------------------------------------
 def test_few_shot_examples_come_from_each_folds_training_rows(tiny_llama, tmp_path):
     from conftest import write_toy_competition
