@@ -14,7 +14,8 @@ outer rows as if they were a competition's test split, and scores each road's su
   llm merged         their LoRA weights averaged into one adapter
   blend              `kit blend llm minilm tfidf` (weights fitted on the OOF rows)
   llm + pseudo       `kit train --pseudo blend:outer`: the blend's confident outer predictions
-                     (their labels unused) added to the 80 %
+                     (their labels unused) added to the 80 %; with --pseudo-cv also `kit cv
+                     --pseudo blend:outer` for its OOF score (fold k: the blend's fold-k members)
 
 Binary tasks are decided at the threshold tuned on OOF rows (`--threshold oof`; the pseudo run,
 which has no CV of its own, takes the LLM's). Each step is timed alone; finished steps are kept in
@@ -108,6 +109,8 @@ def main():
     parser.add_argument("--outer", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the outer split")
     parser.add_argument("--pseudo-threshold", type=float, default=0.9)
+    parser.add_argument("--pseudo-cv", action="store_true",
+                        help="also cross-validate the pseudo-labelled LLM (its OOF score; one more LLM CV)")
     args = parser.parse_args()
 
     spec = load_spec(args.spec)
@@ -177,8 +180,14 @@ def main():
     pseudo_threshold = (["--threshold", f"{cv_oof(runs['llm'])[2]:.6f}"] if binary and cv_oof(runs['llm'])[2]
                         else [])
     out, seconds = predict("llm-pseudo", runs["llm-pseudo"], "full", pseudo_threshold)
-    rows.append((f"SmolLM2 + pseudo-labels from the blend (p >= {args.pseudo_threshold})", None, outer_score(out),
-                 pseudo_train + seconds, "kit train --pseudo + predict"))
+    pseudo_oof, how = None, "kit train --pseudo + predict"
+    if args.pseudo_cv:      # its honest OOF: fold k pseudo-labelled by the blend's fold-k members
+        seconds += steps.run("cv llm-pseudo", "cv", "--name", f"{runs['llm-pseudo']}-cv", "--pseudo",
+                             f"{runs['blend']}:{OUTER}", "--pseudo-threshold", str(args.pseudo_threshold),
+                             "--folds", str(args.folds), "--fold-seed", "0", "--no-baseline")
+        pseudo_oof, how = oof_of(f"{runs['llm-pseudo']}-cv"), "kit cv --pseudo + kit train --pseudo + predict"
+    rows.append((f"SmolLM2 + pseudo-labels from the blend (p >= {args.pseudo_threshold})", pseudo_oof,
+                 outer_score(out), pseudo_train + seconds, how))
 
     metric = outer_spec.metric
     lines = [f"{spec.name}: {metric} on {n_outer} outer rows; every kit cv on the other {n_inner} "
