@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +92,36 @@ class Steps:
         return self.done[key]
 
 
+def outer_labels(spec, path, answers):
+    """(truth, predicted) label indices of a submission's rows, in the answers' order."""
+    truth, predicted = read_csv(answers), read_csv(path)
+    lookup = {label: i for i, label in enumerate(spec.labels)}
+    by_id = dict(zip(predicted[spec.id_column], predicted[spec.label_column]))
+    return (np.array([lookup[t] for t in truth[spec.label_column]]),
+            np.array([lookup[by_id[i]] for i in truth[spec.id_column]]))
+
+
+def confusion_metric(metric, truth, predicted, k, samples):
+    """The metric on each bootstrap sample of rows (rows: sample, columns: row indices), from
+    confusion counts, so thousands of samples take a moment."""
+    codes = (truth * k + predicted)[samples] + np.arange(len(samples))[:, None] * k * k
+    confusion = np.bincount(codes.ravel(), minlength=len(samples) * k * k).reshape(len(samples), k, k)
+    tp = np.diagonal(confusion, axis1=1, axis2=2)
+    f1 = np.divide(2 * tp, confusion.sum(1) + confusion.sum(2), out=np.zeros(tp.shape), where=tp > 0)
+    return {"f1": f1[:, -1], "macro_f1": f1.mean(1), "accuracy": tp.sum(1) / truth.size}[metric]
+
+
+def paired_interval(spec, path, baseline, answers, draws=2000, seed=0):
+    """95 % bootstrap interval of (metric of path - metric of baseline) over the same resampled rows."""
+    truth, predicted = outer_labels(spec, path, answers)
+    _, reference = outer_labels(spec, baseline, answers)
+    samples = np.random.default_rng(seed).integers(0, truth.size, size=(draws, truth.size))
+    k = len(spec.labels)
+    difference = (confusion_metric(spec.metric, truth, predicted, k, samples)
+                  - confusion_metric(spec.metric, truth, reference, k, samples))
+    return np.percentile(difference, [2.5, 97.5])
+
+
 def cv_oof(name):
     """(OOF score, tuned OOF score or None, tuned threshold or None) of a `kit cv` run."""
     scores = json.loads((ROOT / "runs" / name / "cv_scores.json").read_text())
@@ -134,10 +166,7 @@ def main():
                             "--out", str(out), *extra)
         return out, seconds
 
-    rows = []   # (road, OOF, outer, seconds, note)
-
-    def outer_score(path):
-        return score_file(outer_spec, str(path), str(work / "outer-answers.csv"))[outer_spec.metric]
+    rows = []   # (road, OOF score, outer submission, seconds, how)
 
     def oof_of(run):
         oof, tuned, _ = cv_oof(run)
@@ -145,26 +174,26 @@ def main():
 
     cv_tfidf = steps.run("cv tfidf", "cv", "--model", "tfidf", "--name", runs["tfidf"], *folds)
     out, seconds = predict("tfidf", runs["tfidf"], "folds")
-    rows.append(("TF-IDF + logistic regression (fold ensemble)", oof_of(runs["tfidf"]), outer_score(out),
+    rows.append(("TF-IDF + logistic regression (fold ensemble)", oof_of(runs["tfidf"]), out,
                  cv_tfidf + seconds, "kit cv + predict"))
 
     cv_minilm = steps.run("cv minilm", "cv", "--model", "minilm", "--lora-r", "0", "--lr", "5e-5",
                           "--batch-size", "32", "--name", runs["minilm"], *folds)
     out, seconds = predict("minilm", runs["minilm"], "folds")
-    rows.append(("all-MiniLM-L6-v2 full fine-tune (fold ensemble)", oof_of(runs["minilm"]), outer_score(out),
+    rows.append(("all-MiniLM-L6-v2 full fine-tune (fold ensemble)", oof_of(runs["minilm"]), out,
                  cv_minilm + seconds, "kit cv + predict"))
 
     cv_llm = steps.run("cv llm", "cv", "--name", runs["llm"], *folds)
     train_llm = steps.run("train llm", "train", "--name", runs["llm"])
     llm_oof = oof_of(runs["llm"])
     out, seconds = predict("llm-full", runs["llm"], "full")
-    rows.append(("SmolLM2 default, trained on the 80 % (the single road)", llm_oof, outer_score(out),
+    rows.append(("SmolLM2 default, trained on the 80 % (the single road)", llm_oof, out,
                  cv_llm + train_llm + seconds, "kit cv + train + predict"))
     out, seconds = predict("llm-merged", runs["llm"], "merged")
-    rows.append(("SmolLM2 merged-fold adapter", llm_oof, outer_score(out), cv_llm + seconds,
+    rows.append(("SmolLM2 merged-fold adapter", llm_oof, out, cv_llm + seconds,
                  "kit cv + predict --models merged"))
     out, seconds = predict("llm-folds", runs["llm"], "folds")    # last: the blend reads these predictions
-    rows.append((f"SmolLM2 fold ensemble ({args.folds} models)", llm_oof, outer_score(out), cv_llm + seconds,
+    rows.append((f"SmolLM2 fold ensemble ({args.folds} models)", llm_oof, out, cv_llm + seconds,
                  "kit cv + predict --models folds"))
 
     blend_out = work / "submit-blend.csv"
@@ -172,7 +201,7 @@ def main():
                               "--out", str(blend_out), "--name", runs["blend"])
     blend_score, summary = blend_oof(runs["blend"])
     weights = ", ".join(f"{m['run'].rsplit('-', 1)[-1]} {m['weight']:.2f}" for m in summary["runs"])
-    rows.append((f"blend LLM + MiniLM + TF-IDF (weights {weights})", blend_score, outer_score(blend_out),
+    rows.append((f"blend LLM + MiniLM + TF-IDF (weights {weights})", blend_score, blend_out,
                  blend_seconds, "on the three CVs above; OOF fitted on these rows"))
 
     pseudo_train = steps.run("train llm-pseudo", "train", "--name", runs["llm-pseudo"], "--pseudo",
@@ -187,21 +216,26 @@ def main():
                              "--folds", str(args.folds), "--fold-seed", "0", "--no-baseline")
         pseudo_oof, how = oof_of(f"{runs['llm-pseudo']}-cv"), "kit cv --pseudo + kit train --pseudo + predict"
     rows.append((f"SmolLM2 + pseudo-labels from the blend (p >= {args.pseudo_threshold})", pseudo_oof,
-                 outer_score(out), pseudo_train + seconds, how))
+                 out, pseudo_train + seconds, how))
 
-    metric = outer_spec.metric
+    metric, answers, default = outer_spec.metric, str(work / "outer-answers.csv"), work / "submit-llm-full.csv"
     lines = [f"{spec.name}: {metric} on {n_outer} outer rows; every kit cv on the other {n_inner} "
              f"({args.folds} folds, fold seed 0)", "",
-             f"| road | OOF {metric} | outer {metric} | wall (this road's commands) |", "| --- | --- | --- | --- |"]
-    for road, oof, outer, seconds, how in rows:
+             f"| road | OOF {metric} | outer {metric} | outer - default run (95 % bootstrap) | wall |",
+             "| --- | --- | --- | --- | --- |"]
+    results = []
+    for road, oof, path, seconds, how in rows:
+        outer = score_file(outer_spec, str(path), answers)[metric]
+        low, high = paired_interval(outer_spec, path, default, answers)
+        results.append({"road": road, "oof": oof, "outer": outer, "vs_default_95": [low, high],
+                        "seconds": seconds, "how": how, "submission": str(path)})
         shown = "-" if oof is None else f"{oof:.4f}"
-        lines.append(f"| {road} | {shown} | **{outer:.4f}** | {seconds / 60:.1f} min ({how}) |")
+        versus = "-" if path == default else f"{low:+.3f} to {high:+.3f}"
+        lines.append(f"| {road} | {shown} | **{outer:.4f}** | {versus} | {seconds / 60:.1f} min ({how}) |")
     table = "\n".join(lines)
     print("\n" + table, flush=True)
     write_json(work / "recipes.json", {"spec": spec.name, "metric": metric, "outer_rows": n_outer,
-                                       "inner_rows": n_inner, "steps_seconds": steps.done,
-                                       "rows": [dict(zip(("road", "oof", "outer", "seconds", "how"), r))
-                                                for r in rows]})
+                                       "inner_rows": n_inner, "steps_seconds": steps.done, "rows": results})
     atomic_write(work / "recipes.md", lambda tmp: Path(tmp).write_text(table + "\n", encoding="utf-8"))
 
 
