@@ -131,7 +131,8 @@ def _model_options(command, multiple_models=False):
                      help="Learn the pseudo rows' probability vectors instead of their argmax (--head classify)."),
         click.option("--teacher", default=None, metavar="RUN",
                      help="Distil: learn RUN's probabilities beside the labels (its oof.csv; under `kit cv` its "
-                          "fold-k model for fold k; a blend: its members' fold-k models). Loss (1 - W) * CE + W * T^2 * KL(teacher_T || student_T)."),
+                          "fold-k model for fold k; a blend: its members' fold-k models). "
+                          "Loss (1 - W) * CE + W * T^2 * KL(teacher_T || student_T)."),
         click.option("--kl-weight", type=click.FloatRange(0, 1), default=DEFAULTS_T.kl_weight, show_default=True,
                      help="W: the teacher's share of the loss."),
         click.option("--temperature", type=click.FloatRange(0, min_open=True), default=DEFAULTS_T.temperature,

@@ -11,11 +11,11 @@ so a retrained teacher gives the student a new run folder, never a stale one.
 teacher's full-train model, its fold ensemble and its other folds' models all saw them. So under
 `kit cv` the teacher must be a `kit cv --keep-models` run on exactly these folds, and fold k's
 pseudo-labels and teacher probabilities come from the teacher's fold-k model alone, whose
-training rows are fold k's training rows. A `kit blend` of such runs teaches fold k with its
-members' fold-k models, weighted by weights refitted on the OOF rows outside fold k. (Its oof.csv is not used there: the OOF probability of
+training rows are fold k's training rows. (Its oof.csv is not used there: the OOF probability of
 a row in fold j comes from a model that was trained on fold k.) Those per-fold predictions are
 cached in the teacher's folder, keyed by the fold model's id and the rows, so the next CV reuses
-them.
+them. A `kit blend` of such runs teaches fold k with its members' fold-k models, weighted by
+weights fitted again on the OOF rows outside fold k.
 """
 import json
 from dataclasses import dataclass, replace
