@@ -35,13 +35,32 @@ def test_the_fold_ensemble_averages_the_fold_models(cv_run):
     assert len(used) == 3
 
 
-def test_merged_folds_average_the_lora_weights(cv_run):
-    run, _ = cv_run
-    load_predictor(run, "merged")
-    merged = load_file(run.merged_folds / "adapter" / "adapter_model.safetensors")
+def test_merged_folds_average_the_lora_updates(cv_run):
+    """The merged adapter's update s' B'A' is the mean of the folds' s B_k A_k, exactly; the head
+    is the folds' mean."""
+    run, spec = cv_run
+    predictor, _ = load_predictor(run, "merged")      # peft loads the rank-3r adapter its config names
+    probs = predictor.predict(load_rows(spec, "test")[0]).probs
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    adapter = run.merged_folds / "adapter"
+    merged = load_file(adapter / "adapter_model.safetensors")
     folds = [load_file(p / "adapter" / "adapter_model.safetensors") for p in run.fold_models]
-    for name, tensor in merged.items():
-        np.testing.assert_allclose(tensor.numpy(), np.mean([f[name].numpy() for f in folds], axis=0), atol=1e-7)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    fold_config = json.loads((run.fold_models[0] / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 3 * fold_config["r"]
+    scale, fold_scale = config["lora_alpha"] / config["r"], fold_config["lora_alpha"] / fold_config["r"]
+    assert scale == fold_scale
+    pairs = [name for name in merged if ".lora_A." in name]
+    assert pairs
+    for a_name in pairs:
+        b_name = a_name.replace(".lora_A.", ".lora_B.")
+        update = scale * (merged[b_name] @ merged[a_name]).numpy()
+        expected = np.mean([fold_scale * (f[b_name] @ f[a_name]).numpy() for f in folds], axis=0)
+        np.testing.assert_allclose(update, expected, atol=1e-6)
+    heads = [name for name in merged if "lora_" not in name]
+    assert heads
+    for name in heads:
+        np.testing.assert_allclose(merged[name].numpy(), np.mean([f[name].numpy() for f in folds], axis=0), atol=1e-7)
 
 
 def test_predict_with_a_cv_run_records_the_models(cv_run):

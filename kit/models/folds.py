@@ -2,8 +2,13 @@
 
 `FoldEnsemble` averages the fold models' probabilities (K models' cost); `merge_fold_adapters`
 averages their LoRA weights (and the trained head) into one adapter first (one model's cost).
-Averaging LoRA factors A and B separately is not the same function as averaging the K models'
-updates B_k A_k; it is the common, cheap approximation, and `kit cv` can score either.
+
+The average is exact: the merged adapter's update is mean_k(s B_k A_k), the mean of the fold
+models' weight updates, held as one adapter of rank K*r (the A factors stacked, the B factors
+stacked and divided by K, alpha scaled so s stays the same). Averaging A and B separately, the
+common shortcut, is a different function: B_k and A_k of independently trained folds do not
+line up, and on the medical abstracts it lost 0.14 macro-F1 to the fold ensemble (README,
+"Winning recipes").
 """
 import hashlib
 import json
@@ -49,17 +54,43 @@ def merge_fold_adapters(fold_dirs, target):
             raise KitError(f"{directory}: no LoRA adapter to merge (--merge-folds needs LoRA fold models, "
                            "not TF-IDF or full fine-tunes)")
         states.append(load_file(path))
+    if json.loads((Path(fold_dirs[0]) / ADAPTER.parent / "adapter_config.json").read_text()).get("use_dora"):
+        raise KitError(f"{fold_dirs[0]}: --models merged cannot stack DoRA adapters (their magnitudes do not add)")
     if any(state.keys() != states[0].keys() for state in states):
         raise KitError("--merge-folds: the fold adapters have different weights; were they made by one run?")
-    merged = {name: sum(state[name].float() for state in states) / len(states) for name in states[0]}
+    merged = {name: _merged_tensor(name, [state[name].float() for state in states]) for name in states[0]}
     staging = Path(target).with_name(Path(target).name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(fold_dirs[0], staging)
     save_file({k: v.to(states[0][k].dtype).contiguous() for k, v in merged.items()}, staging / ADAPTER)
+    _stack_ranks(staging / ADAPTER.parent / "adapter_config.json", len(states))
     state = json.loads((staging / "kit_model.json").read_text())
     ids = [json.loads((Path(d) / "kit_model.json").read_text()).get("model_id") for d in fold_dirs]
-    state["model_id"] = hashlib.sha256(json.dumps(["merged", ids]).encode()).hexdigest()[:16]
+    state["model_id"] = hashlib.sha256(json.dumps(["merged: stacked ranks", ids]).encode()).hexdigest()[:16]
     (staging / "kit_model.json").write_text(json.dumps(state, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return Path(target)
+
+
+def _merged_tensor(name, tensors):
+    """lora_A: stacked (rows); lora_B: stacked (columns) over K, so B'A' = mean_k B_k A_k; any
+    other tensor (the trained head): the plain mean."""
+    import torch
+    if ".lora_A." in name or ".lora_embedding_A" in name:
+        return torch.cat(tensors, 0)
+    if ".lora_B." in name or ".lora_embedding_B" in name:
+        return torch.cat(tensors, 1) / len(tensors)
+    return sum(tensors) / len(tensors)
+
+
+def _stack_ranks(path, k):
+    """The merged adapter's config: rank K*r, and alpha scaled so alpha/r (or alpha/sqrt(r) under
+    rsLoRA) is unchanged."""
+    config = json.loads(path.read_text())
+    factor = k ** 0.5 if config.get("use_rslora") else k
+    config["r"] = config["r"] * k
+    config["lora_alpha"] = config["lora_alpha"] * factor
+    config["rank_pattern"] = {m: r * k for m, r in (config.get("rank_pattern") or {}).items()}
+    config["alpha_pattern"] = {m: a * factor for m, a in (config.get("alpha_pattern") or {}).items()}
+    path.write_text(json.dumps(config, indent=2))
