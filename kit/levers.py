@@ -195,10 +195,14 @@ def label_counts(spec, rows):
     return {label: int(n) for label, n in zip(spec.labels, counts)}
 
 
-def _log_pseudo(spec, extra, total, split, threshold, source):
+def _log_pseudo(spec, extra, total, split, threshold, source, probs):
     counts = label_counts(spec, extra)
     log(f"pseudo: {len(extra)} of {total} {split} rows reach p >= {threshold} in {source}; added per label: "
         + ", ".join(f"{label}: {n}" for label, n in counts.items()))
+    if total and not len(extra):     # e.g. a 5-class TF-IDF whose probabilities stay flat
+        log(f"warning: no pseudo-label: the highest top probability in {source} is {np.max(probs):.3f}; "
+            "this fit learns from the labelled rows only (lower --pseudo-threshold, or pseudo-label from a "
+            "sharper run)")
     return counts
 
 
@@ -227,7 +231,8 @@ def for_train(spec, rows, model, train_args, runs=RUNS):
         path, probs = split_predictions(spec, split, split_rows, name, runs)
         extra, keep = select_pseudo(split_rows, probs, train_args.pseudo_threshold, train_args.pseudo_soft,
                                     bool(train_args.teacher))
-        stats["pseudo_rows"] = _log_pseudo(spec, extra, len(split_rows), split, train_args.pseudo_threshold, path)
+        stats["pseudo_rows"] = _log_pseudo(spec, extra, len(split_rows), split, train_args.pseudo_threshold, path,
+                                           probs)
         pseudo_digest = _pseudo_digest(split, split_rows, probs, keep)
         rows = join(rows, extra)
     return rows, replace(train_args, pseudo_fingerprint=pseudo_digest, teacher_fingerprint=teacher_digest), stats
@@ -407,7 +412,7 @@ def _for_cv(spec, rows, fold, model, train_args, runs, trust_remote_code):
                                         bool(train_args.teacher))
             pseudo[number] = (extra, None if split_ids is None else [split_ids[i] for i in keep])
             counts[number] = _log_pseudo(spec, extra, len(split_rows), split, train_args.pseudo_threshold,
-                                         describe(number))
+                                         describe(number), probs)
             digests["pseudo"].append(_pseudo_digest(split, split_rows, probs, keep))
     filled = replace(train_args, pseudo_fingerprint=fingerprint("cv", digests["pseudo"]) if train_args.pseudo else None,
                      teacher_fingerprint=fingerprint("cv", digests["teacher"]) if train_args.teacher else None)
