@@ -37,7 +37,7 @@ from sklearn.model_selection import train_test_split
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kit.data import atomic_write, read_csv, write_json  # noqa: E402
+from kit.data import atomic_write, labelled_rows, read_csv, write_json  # noqa: E402
 from kit.pipeline import score_file  # noqa: E402
 from kit.spec import load_spec  # noqa: E402
 
@@ -94,11 +94,9 @@ class Steps:
 
 def outer_labels(spec, path, answers):
     """(truth, predicted) label indices of a submission's rows, in the answers' order."""
-    truth, predicted = read_csv(answers), read_csv(path)
-    lookup = {label: i for i, label in enumerate(spec.labels)}
-    by_id = dict(zip(predicted[spec.id_column], predicted[spec.label_column]))
-    return (np.array([lookup[t] for t in truth[spec.label_column]]),
-            np.array([lookup[by_id[i]] for i in truth[spec.id_column]]))
+    ids, truth = labelled_rows(spec, answers)
+    predicted = dict(zip(*labelled_rows(spec, path)))      # a submission has the spec's id and label columns
+    return np.asarray(truth), np.array([predicted[i] for i in ids])
 
 
 def confusion_metric(metric, truth, predicted, k, samples):
@@ -111,14 +109,11 @@ def confusion_metric(metric, truth, predicted, k, samples):
     return {"f1": f1[:, -1], "macro_f1": f1.mean(1), "accuracy": tp.sum(1) / truth.size}[metric]
 
 
-def paired_interval(spec, path, baseline, answers, draws=2000, seed=0):
-    """95 % bootstrap interval of (metric of path - metric of baseline) over the same resampled rows."""
-    truth, predicted = outer_labels(spec, path, answers)
-    _, reference = outer_labels(spec, baseline, answers)
+def paired_interval(metric, k, truth, predicted, reference, draws=2000, seed=0):
+    """95 % bootstrap interval of (metric of predicted - metric of reference) over the same resampled rows."""
     samples = np.random.default_rng(seed).integers(0, truth.size, size=(draws, truth.size))
-    k = len(spec.labels)
-    difference = (confusion_metric(spec.metric, truth, predicted, k, samples)
-                  - confusion_metric(spec.metric, truth, reference, k, samples))
+    difference = (confusion_metric(metric, truth, predicted, k, samples)
+                  - confusion_metric(metric, truth, reference, k, samples))
     return np.percentile(difference, [2.5, 97.5])
 
 
@@ -206,8 +201,8 @@ def main():
 
     pseudo_train = steps.run("train llm-pseudo", "train", "--name", runs["llm-pseudo"], "--pseudo",
                              f"{runs['blend']}:{OUTER}", "--pseudo-threshold", str(args.pseudo_threshold))
-    pseudo_threshold = (["--threshold", f"{cv_oof(runs['llm'])[2]:.6f}"] if binary and cv_oof(runs['llm'])[2]
-                        else [])
+    llm_threshold = cv_oof(runs["llm"])[2]
+    pseudo_threshold = ["--threshold", f"{llm_threshold:.6f}"] if binary and llm_threshold else []
     out, seconds = predict("llm-pseudo", runs["llm-pseudo"], "full", pseudo_threshold)
     pseudo_oof, how = None, "kit train --pseudo + predict"
     if args.pseudo_cv:      # its honest OOF: fold k pseudo-labelled by the blend's fold-k members
@@ -224,9 +219,11 @@ def main():
              f"| road | OOF {metric} | outer {metric} | outer - default run (95 % bootstrap) | wall |",
              "| --- | --- | --- | --- | --- |"]
     results = []
+    truth, reference = outer_labels(outer_spec, default, answers)
     for road, oof, path, seconds, how in rows:
         outer = score_file(outer_spec, str(path), answers)[metric]
-        low, high = paired_interval(outer_spec, path, default, answers)
+        low, high = paired_interval(metric, len(outer_spec.labels), truth, outer_labels(outer_spec, path, answers)[1],
+                                    reference)
         results.append({"road": road, "oof": oof, "outer": outer, "vs_default_95": [low, high],
                         "seconds": seconds, "how": how, "submission": str(path)})
         shown = "-" if oof is None else f"{oof:.4f}"

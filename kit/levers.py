@@ -195,11 +195,11 @@ def label_counts(spec, rows):
     return {label: int(n) for label, n in zip(spec.labels, counts)}
 
 
-def _log_pseudo(spec, extra, total, split, threshold, source, probs):
+def _log_pseudo(spec, extra, split, threshold, source, probs):
     counts = label_counts(spec, extra)
-    log(f"pseudo: {len(extra)} of {total} {split} rows reach p >= {threshold} in {source}; added per label: "
+    log(f"pseudo: {len(extra)} of {len(probs)} {split} rows reach p >= {threshold} in {source}; added per label: "
         + ", ".join(f"{label}: {n}" for label, n in counts.items()))
-    if total and not len(extra):     # e.g. a 5-class TF-IDF whose probabilities stay flat
+    if len(probs) and not len(extra):     # e.g. a 5-class TF-IDF whose probabilities stay flat
         log(f"warning: no pseudo-label: the highest top probability in {source} is {np.max(probs):.3f}; "
             "this fit learns from the labelled rows only (lower --pseudo-threshold, or pseudo-label from a "
             "sharper run)")
@@ -231,8 +231,7 @@ def for_train(spec, rows, model, train_args, runs=RUNS):
         path, probs = split_predictions(spec, split, split_rows, name, runs)
         extra, keep = select_pseudo(split_rows, probs, train_args.pseudo_threshold, train_args.pseudo_soft,
                                     bool(train_args.teacher))
-        stats["pseudo_rows"] = _log_pseudo(spec, extra, len(split_rows), split, train_args.pseudo_threshold, path,
-                                           probs)
+        stats["pseudo_rows"] = _log_pseudo(spec, extra, split, train_args.pseudo_threshold, path, probs)
         pseudo_digest = _pseudo_digest(split, split_rows, probs, keep)
         rows = join(rows, extra)
     return rows, replace(train_args, pseudo_fingerprint=pseudo_digest, teacher_fingerprint=teacher_digest), stats
@@ -323,12 +322,13 @@ def fold_source(spec, name, fold, option, runs=RUNS, trust_remote_code=False):
         require_same_folds(source, spec, fold, option)
         return (lambda number, rows, what: fold_predictions(source, number, rows, what, trust_remote_code),
                 source.fold_model)
-    from .ensemble import combine
+    from .ensemble import combine, read_runs
     names = source.config["model"].get("runs") or []
-    members = [load_run(member, runs) for member in names]
+    members, _, _, truth, oof_fold, probs = read_runs(spec, names, runs)
     for member in members:
         require_same_folds(member, spec, fold, f"{option} (a blend of {', '.join(names)})")
-    weights = blend_fold_weights(spec, names, fold, runs)
+    weights = {number: _weights_without(spec, number, truth, oof_fold, probs)
+               for number in sorted(set(fold.tolist()) - {-1})}
 
     def predict(number, rows, what):
         return combine([fold_predictions(m, number, rows, what, trust_remote_code) for m in members], weights[number])
@@ -339,15 +339,11 @@ def fold_source(spec, name, fold, option, runs=RUNS, trust_remote_code=False):
     return predict, describe
 
 
-def blend_fold_weights(spec, names, fold, runs=RUNS):
-    """Fold number -> the blend weights fitted on the members' OOF rows outside that fold."""
-    from .ensemble import fit_weights, read_runs
-    _, _, _, truth, oof_fold, probs = read_runs(spec, names, runs)
-    weights = {}
-    for number in sorted(set(fold.tolist()) - {-1}):
-        outside = oof_fold != number
-        weights[number] = fit_weights(spec.metric, truth[outside], [p[outside] for p in probs])[0]
-    return weights
+def _weights_without(spec, number, truth, oof_fold, probs):
+    """The blend weights fitted on the members' OOF rows outside fold `number`."""
+    from .ensemble import fit_weights
+    outside = oof_fold != number
+    return fit_weights(spec.metric, truth[outside], [p[outside] for p in probs])[0]
 
 
 @dataclass
@@ -411,8 +407,8 @@ def _for_cv(spec, rows, fold, model, train_args, runs, trust_remote_code):
             extra, keep = select_pseudo(split_rows, probs, train_args.pseudo_threshold, train_args.pseudo_soft,
                                         bool(train_args.teacher))
             pseudo[number] = (extra, None if split_ids is None else [split_ids[i] for i in keep])
-            counts[number] = _log_pseudo(spec, extra, len(split_rows), split, train_args.pseudo_threshold,
-                                         describe(number), probs)
+            counts[number] = _log_pseudo(spec, extra, split, train_args.pseudo_threshold, describe(number),
+                                         probs)
             digests["pseudo"].append(_pseudo_digest(split, split_rows, probs, keep))
     filled = replace(train_args, pseudo_fingerprint=fingerprint("cv", digests["pseudo"]) if train_args.pseudo else None,
                      teacher_fingerprint=fingerprint("cv", digests["teacher"]) if train_args.teacher else None)

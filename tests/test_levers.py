@@ -144,10 +144,10 @@ def test_no_row_reaching_the_threshold_is_said_with_the_highest_probability(toy,
     probs = np.array([[0.4, 0.6], [0.55, 0.45]])
     split = Rows(["a", "b"], ["ta", "tb"])
     none, _ = levers.select_pseudo(split, probs, 0.9)
-    levers._log_pseudo(load_spec(toy), none, 2, "test", 0.9, "runs/x", probs)
+    levers._log_pseudo(load_spec(toy), none, "test", 0.9, "runs/x", probs)
     assert len(said) == 2 and "highest top probability in runs/x is 0.600" in said[1]
     some, _ = levers.select_pseudo(split, probs, 0.6)
-    levers._log_pseudo(load_spec(toy), some, 2, "test", 0.6, "runs/x", probs)
+    levers._log_pseudo(load_spec(toy), some, "test", 0.6, "runs/x", probs)
     assert len(said) == 3
 
 def test_train_adds_pseudo_rows_and_records_them(teacher, toy, tiny_llama):

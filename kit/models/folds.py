@@ -54,7 +54,9 @@ def merge_fold_adapters(fold_dirs, target):
             raise KitError(f"{directory}: no LoRA adapter to merge (--merge-folds needs LoRA fold models, "
                            "not TF-IDF or full fine-tunes)")
         states.append(load_file(path))
-    if json.loads((Path(fold_dirs[0]) / ADAPTER.parent / "adapter_config.json").read_text()).get("use_dora"):
+    config_name = ADAPTER.parent / "adapter_config.json"
+    config = json.loads((Path(fold_dirs[0]) / config_name).read_text())
+    if config.get("use_dora"):
         raise KitError(f"{fold_dirs[0]}: --models merged cannot stack DoRA adapters (their magnitudes do not add)")
     if any(state.keys() != states[0].keys() for state in states):
         raise KitError("--merge-folds: the fold adapters have different weights; were they made by one run?")
@@ -63,7 +65,7 @@ def merge_fold_adapters(fold_dirs, target):
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(fold_dirs[0], staging)
     save_file({k: v.to(states[0][k].dtype).contiguous() for k, v in merged.items()}, staging / ADAPTER)
-    _stack_ranks(staging / ADAPTER.parent / "adapter_config.json", len(states))
+    (staging / config_name).write_text(json.dumps(_stacked_config(config, len(states)), indent=2))
     state = json.loads((staging / "kit_model.json").read_text())
     ids = [json.loads((Path(d) / "kit_model.json").read_text()).get("model_id") for d in fold_dirs]
     state["model_id"] = hashlib.sha256(json.dumps(["merged: stacked ranks", ids]).encode()).hexdigest()[:16]
@@ -84,13 +86,10 @@ def _merged_tensor(name, tensors):
     return sum(tensors) / len(tensors)
 
 
-def _stack_ranks(path, k):
+def _stacked_config(config, k):
     """The merged adapter's config: rank K*r, and alpha scaled so alpha/r (or alpha/sqrt(r) under
     rsLoRA) is unchanged."""
-    config = json.loads(path.read_text())
     factor = k ** 0.5 if config.get("use_rslora") else k
-    config["r"] = config["r"] * k
-    config["lora_alpha"] = config["lora_alpha"] * factor
-    config["rank_pattern"] = {m: r * k for m, r in (config.get("rank_pattern") or {}).items()}
-    config["alpha_pattern"] = {m: a * factor for m, a in (config.get("alpha_pattern") or {}).items()}
-    path.write_text(json.dumps(config, indent=2))
+    return {**config, "r": config["r"] * k, "lora_alpha": config["lora_alpha"] * factor,
+            "rank_pattern": {m: r * k for m, r in (config.get("rank_pattern") or {}).items()},
+            "alpha_pattern": {m: a * factor for m, a in (config.get("alpha_pattern") or {}).items()}}
