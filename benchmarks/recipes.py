@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kit.data import atomic_write, labelled_rows, read_csv, write_json  # noqa: E402
+from kit.errors import KitError  # noqa: E402
 from kit.pipeline import score_file  # noqa: E402
 from kit.spec import load_spec  # noqa: E402
 
@@ -236,5 +237,15 @@ def main():
     atomic_write(work / "recipes.md", lambda tmp: Path(tmp).write_text(table + "\n", encoding="utf-8"))
 
 
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KitError as error:          # bad input: one line, exit 2, as the kit itself
+        fail(error)
+    except subprocess.CalledProcessError as error:
+        fail(f"a kit command failed (exit {error.returncode}): {' '.join(map(str, error.cmd[1:]))}")

@@ -244,7 +244,7 @@ def require_same_folds(run, spec, fold, option):
     protocol = (f"{option} under kit cv: fold k may only learn from a model that never saw fold k's held-out "
                 f"labels, so {run.name} must be a `kit cv --keep-models` run on exactly this CV's folds")
     if not run.fold_models:
-        raise KitError(f"{protocol}; it has no fold models (a train-only run works with kit train only)")
+        raise KitError(f"{protocol}; it has no fold models (a train-only run, or a CV without --keep-models, works with kit train only)")
     if run.config.get("data", {}).get("fingerprint") != file_fingerprint(spec.train):
         raise KitError(f"{protocol}; it was cross-validated on another training file than {spec.train}")
     if run.config.get("spec", {}).get("resolved", {}).get("labels") != list(spec.labels):
