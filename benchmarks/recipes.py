@@ -142,6 +142,8 @@ def main():
     args = parser.parse_args()
 
     spec = load_spec(args.spec)
+    if not spec.has_labels:
+        raise KitError(f"{spec.path}: no [columns] label to keep an outer split of")
     name = f"{spec.name}-outer"
     work = (ROOT / args.work / spec.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
