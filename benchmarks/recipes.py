@@ -31,16 +31,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kit.data import atomic_write, labelled_rows, read_csv, write_json  # noqa: E402
-from kit.errors import KitError  # noqa: E402
-from kit.pipeline import score_file  # noqa: E402
-from kit.spec import load_spec  # noqa: E402
+from kit.core.errors import KitError  # noqa: E402
+from kit.core.files import atomic_write, write_json  # noqa: E402
+from kit.inputs.data import labelled_rows, read_csv
+from kit.inputs.spec import load_spec  # noqa: E402
+from kit.workflows.score import score_file  # noqa: E402
 
 OUTER = "outer"
 

@@ -1,3 +1,3 @@
-from .cli import main
+from kit.commands.main import main
 
 main()

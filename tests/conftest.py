@@ -15,8 +15,8 @@ SHARED = ROOT.parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def private_state_cache(tmp_path, monkeypatch):
-    """Every test gets its own frozen-state cache (kit/states.py), never the repository's."""
-    from kit import states
+    """Every test gets its own frozen-state cache (kit/engine/states.py), never the repository's."""
+    from kit.engine import states
     monkeypatch.setattr(states, "ROOT", tmp_path / "state-cache")
     return tmp_path / "state-cache"
 
@@ -74,7 +74,7 @@ def toy(tmp_path):
 
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir():
-    from kit.models import resolve_model
+    from kit.models.embedded import resolve_model
     return resolve_model("smollm2")
 
 
@@ -159,3 +159,10 @@ def tiny_arch(tmp_path_factory, smol_tokenizer_dir):
             built[key] = _tiny_arch(kind, tmp_path_factory.mktemp(f"tiny-{kind}"), smol_tokenizer_dir, **overrides)
         return built[key]
     return get
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    """A fresh working folder: the test runs inside tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

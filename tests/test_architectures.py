@@ -7,17 +7,21 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import ARCH_FAMILIES
-from kit import train
-from kit.data import load_rows
-from kit.errors import KitError
-from kit.models import ModelArgs, Task, load_model, make_model
-from kit.predict import PrefixCache, classify_proba, score_labels
-from kit.prompts import PromptEncoder
-from kit.spec import load_spec
-from kit.states import MemoryStates
-from kit.train import TrainArgs, block_list
+
+from kit.core.errors import KitError
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.engine import architecture
+from kit.engine import loop as train
+from kit.engine.architecture import block_list
+from kit.engine.frozen import FrozenBottom
+from kit.engine.inference import PrefixCache, classify_proba, score_labels
+from kit.engine.prompts import PromptEncoder
+from kit.engine.states import MemoryStates
+from kit.inputs.data import load_rows
+from kit.inputs.spec import load_spec
+from kit.inputs.tasks import Task
+from kit.models.registry import load_model, make_model
 
 FAST = TrainArgs(max_steps=3, batch_size=8, lr=5e-3, checkpoint_every=0)
 TWO_EPOCHS = TrainArgs(max_steps=6, batch_size=8, lr=5e-3, checkpoint_every=0)   # 24 toy rows: each seen twice
@@ -80,7 +84,7 @@ def test_frozen_bottom_equals_the_full_pass(tiny_arch, toy, monkeypatch, caplog,
         model = make_model(Task.from_spec(spec), args, TWO_EPOCHS)
         logs.append(model.fit(rows).loss_log)
         monkeypatch.setattr(train, "fit", real)
-    assert "frozen blocks" not in caplog.text           # the cache was used, not refused
+    assert "frozen blocks: " not in caplog.text           # the cache was used, not refused
     assert len(logs[0]) == 6 and all(np.isfinite(logs[0]))
     np.testing.assert_allclose(logs[0], logs[1], rtol=1e-5)
 
@@ -91,11 +95,11 @@ def test_frozen_bottom_caches_the_blocks_below_the_trained_one(tiny_arch, toy):
     model = make_model(Task.from_spec(spec), margs(tiny_arch, "gemma2", lora_layers=1), TWO_EPOCHS)
     ids, _ = model.encode(rows)
     peft = model._add_lora(model._load_base())
-    split = train.FrozenBottom.trainable_split(peft)
+    split = FrozenBottom.trainable_split(peft)
     assert split == 2
     cached = MemoryStates().states(peft, split, ids)
     # the cached states are block 2's output, scaled embeddings included
-    backbone = train.backbone_of(peft)
+    backbone = architecture.backbone_of(peft)
     with torch.no_grad():
         states = backbone(input_ids=torch.tensor([ids[0]]), output_hidden_states=True).hidden_states
     torch.testing.assert_close(torch.from_numpy(cached.arrays[0]), states[2][0], rtol=1e-5, atol=1e-6)
@@ -149,7 +153,7 @@ def test_frozen_bottom_equals_the_full_pass_beyond_the_sliding_window(tiny_arch,
                          frozen_states="fp32")
         logs.append(make_model(Task.from_spec(spec), args, TWO_EPOCHS).fit(rows).loss_log)
         monkeypatch.setattr(train, "fit", real)
-    assert "frozen blocks" not in caplog.text
+    assert "frozen blocks: " not in caplog.text
     assert min(len(s) for s in make_model(Task.from_spec(spec), args, FAST).encode(rows)[0]) > 16
     np.testing.assert_allclose(logs[0], logs[1], rtol=1e-5)
 
@@ -305,7 +309,7 @@ END_OF_TURN = {"chatml": ("<|im_end|>", "<|im_end|>"), "llama3": ("<|eot_id|>", 
                "mistral": ("</s>", "</s>"), "gemma": ("<eos>", "<end_of_turn>"), "phi3": ("<|endoftext|>", "<|end|>")}
 @pytest.mark.parametrize("fmt", ["chatml", "llama3", "mistral", "gemma", "phi3"])
 def test_generate_answers_end_with_the_familys_end_of_turn(smol_tokenizer_dir, fmt):
-    from kit.prompts import answer_ids
+    from kit.engine.prompts import answer_ids
     tokenizer = family_tokenizer(smol_tokenizer_dir, fmt)
     eos, end = END_OF_TURN[fmt]
     tokenizer.add_tokens([end], special_tokens=True)

@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kit import ensemble, submit
-from kit.cli import main
-from kit.cv import assign_folds
-from kit.data import load_rows, read_csv
-from kit.errors import KitError
-from kit.spec import load_spec
+from kit.commands.main import main
+from kit.core.errors import KitError
+from kit.evaluation import blending
+from kit.evaluation.folds import assign_folds
+from kit.inputs import submit
+from kit.inputs.data import load_rows, read_csv
+from kit.inputs.spec import load_spec
+from kit.workflows import blend as ensemble
 
 
 def _probs_for(truth, good_rows, rng):
@@ -72,24 +74,24 @@ def test_weights_are_non_negative_and_sum_to_one(monkeypatch):
     for k in (2, 3, 5):
         probs = [rng.dirichlet([1, 1, 1], 300) for _ in range(k)]
         for metric in ("macro_f1", "accuracy"):
-            weights, _, _, _ = ensemble.fit_weights(metric, truth, probs)
+            weights, _, _, _ = blending.fit_weights(metric, truth, probs)
             assert (weights >= 0).all() and weights.sum() == pytest.approx(1)
-        slsqp, how = ensemble.fit_log_loss(truth, probs)
+        slsqp, how = blending.fit_log_loss(truth, probs)
         assert how == "log loss (SLSQP)"
         monkeypatch.setitem(sys.modules, "scipy", None)        # as if scipy were not installed
-        projected, how = ensemble.fit_log_loss(truth, probs)
+        projected, how = blending.fit_log_loss(truth, probs)
         monkeypatch.delitem(sys.modules, "scipy")
         assert how == "log loss (projected gradient)" and projected.min() >= 0
         assert projected.sum() == pytest.approx(1)
-        true_probs = ensemble._true_probs(truth, probs)           # both reach the convex optimum
-        assert ensemble.log_loss(projected, true_probs) == pytest.approx(ensemble.log_loss(slsqp, true_probs), abs=1e-5)
+        true_probs = blending._true_probs(truth, probs)           # both reach the convex optimum
+        assert blending.log_loss(projected, true_probs) == pytest.approx(blending.log_loss(slsqp, true_probs), abs=1e-5)
 
 
 def test_simplex_grid_and_projection():
-    points = list(ensemble.simplex_grid(3, 0.25))
+    points = list(blending.simplex_grid(3, 0.25))
     assert len(points) == 15 and all(p.min() >= 0 and p.sum() == pytest.approx(1) for p in points)
-    assert ensemble.project_simplex(np.array([2.0, 0.0, -1.0])).tolist() == [1.0, 0.0, 0.0]
-    assert ensemble.project_simplex(np.array([0.2, 0.2, 0.2])) == pytest.approx([1 / 3] * 3)
+    assert blending.project_simplex(np.array([2.0, 0.0, -1.0])).tolist() == [1.0, 0.0, 0.0]
+    assert blending.project_simplex(np.array([0.2, 0.2, 0.2])) == pytest.approx([1 / 3] * 3)
 
 
 def test_blend_beats_the_best_single_run(setup):
@@ -172,7 +174,8 @@ def test_blended_submission_validates_and_blend_folder_blends_again(setup, tmp_p
     assert written["id"].tolist() == test_rows.ids
     folder = runs / "ab"
     assert json.loads((folder / "blend.json").read_text())["weights"] == summary["weights"]
-    assert read_csv(folder / "oof.csv").columns.tolist() == read_csv(runs / "a" / "oof.csv").columns.tolist()
+    members = read_csv(runs / "a" / "oof.csv").columns.tolist()         # written in the older form: "label"
+    assert read_csv(folder / "oof.csv").columns.tolist() == ["pred" if c == "label" else c for c in members]
     blended = read_csv(folder / "predictions-test.csv")
     expected = sum(w * read_csv(runs / r / "predictions-test.csv")["p_1"].astype(float)
                    for w, r in zip(summary["weights"], "ab"))
@@ -185,10 +188,10 @@ def test_blended_submission_validates_and_blend_folder_blends_again(setup, tmp_p
 
 
 def test_blend_of_real_tfidf_runs(tmp_path, toy):
-    from kit.cv import cross_validate
-    from kit.models import ModelArgs
-    from kit.pipeline import predict_split, train_run
-    from kit.train import TrainArgs
+    from kit.core.settings import ModelArgs, TrainArgs
+    from kit.workflows.cv import cross_validate
+    from kit.workflows.fit import train_run
+    from kit.workflows.predict import predict_split
     spec, runs = load_spec(toy), tmp_path / "runs"
     names = []
     for seed in (0, 1):

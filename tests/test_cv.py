@@ -7,36 +7,36 @@ import pytest
 from click.testing import CliRunner
 from sklearn import metrics as sk
 
-from kit import cv as kit_cv
-from kit.cli import main
-from kit.errors import KitError
-from kit.metrics import metric_value, report, tune_threshold
-from kit.models import ModelArgs
-from kit.spec import load_spec
-from kit.train import TrainArgs
+from kit.commands.main import main
+from kit.core.errors import KitError
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.evaluation.folds import assign_folds
+from kit.evaluation.metrics import metric_value, report, tune_threshold
+from kit.inputs.spec import load_spec
+from kit.workflows import cv as kit_cv
 
 
 def test_folds_are_stratified_and_cover_every_row_once():
     labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
-    fold = kit_cv.assign_folds(labels, folds=5, seed=3)
+    fold = assign_folds(labels, folds=5, seed=3)
     assert sorted(set(fold)) == [0, 1, 2, 3, 4] and len(fold) == len(labels)
     for number in range(5):
         counts = np.bincount(labels[fold == number], minlength=3)
         assert counts.tolist() == [12, 6, 2]
-    assert (kit_cv.assign_folds(labels, 5, 3) == fold).all()          # same seed, same folds
-    assert (kit_cv.assign_folds(labels, 5, 4) != fold).any()
+    assert (assign_folds(labels, 5, 3) == fold).all()          # same seed, same folds
+    assert (assign_folds(labels, 5, 4) != fold).any()
 
 
 def test_holdout_is_one_stratified_part():
     labels = np.array([0] * 80 + [1] * 20)
-    fold = kit_cv.assign_folds(labels, holdout=0.2, seed=0)
+    fold = assign_folds(labels, holdout=0.2, seed=0)
     assert (fold == 0).sum() == 20 and set(fold) == {-1, 0}
     assert np.bincount(labels[fold == 0]).tolist() == [16, 4]
 
 
 def test_too_many_folds_for_the_rarest_label():
     with pytest.raises(KitError, match="rarest label has only 2 rows"):
-        kit_cv.assign_folds(np.array([0] * 10 + [1] * 2), folds=5)
+        assign_folds(np.array([0] * 10 + [1] * 2), folds=5)
 
 
 def test_metrics_match_scikit_learn():
@@ -77,7 +77,7 @@ def _run_dir(root):
 def test_cv_writes_oof_and_scores(tmp_path, toy):
     scores = _cv(toy, tmp_path)
     oof = (_run_dir(tmp_path) / "oof.csv").read_text().splitlines()
-    assert oof[0] == "id,true,label,p_0,p_1,decided,fold" and len(oof) == 25
+    assert oof[0] == "id,true,pred,p_0,p_1,decided,fold" and len(oof) == 25
     saved = json.loads((_run_dir(tmp_path) / "cv_scores.json").read_text())
     assert saved["f1"] == scores["f1"] and len(saved["per_fold"]) == 3 and "tuned_threshold" in saved
 

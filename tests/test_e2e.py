@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from safetensors.torch import load_file
-
 from conftest import ROOT, SHARED, write_toy_competition
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -107,8 +106,8 @@ def test_killed_predict_keeps_the_old_submission_and_resumes(tmp_path):
 @pytest.mark.skipif(not (SHARED / "paper" / "testB.csv").exists(), reason="needs ../shared/data/paper")
 def test_paper_files_gbk_bom_and_float_ids_give_the_same_ids(tmp_path):
     """The seed challenge's testB re-encoded as GBK with a BOM-ed header, and with float ids."""
-    from kit.data import load_rows
-    from kit.spec import load_spec
+    from kit.inputs.data import load_rows
+    from kit.inputs.spec import load_spec
     original = (SHARED / "paper" / "testB.csv").read_text(encoding="utf-8")
     (tmp_path / "gbk.csv").write_bytes(b"\xef\xbb\xbf" + original.encode("gb18030"))
     frame = pd.read_csv(SHARED / "paper" / "testB.csv", dtype=str, keep_default_na=False)
@@ -126,6 +125,6 @@ def test_paper_files_gbk_bom_and_float_ids_give_the_same_ids(tmp_path):
             assert rows.texts == load_rows(load_spec(tmp_path / "original.toml"), "testB")[0].texts
     assert len(ids["original"]) == 2000
     assert ids["gbk"] == ids["original"]
-    from kit.data import id_key          # float ids are kept as written and compare by key
+    from kit.inputs.data import id_key  # float ids are kept as written and compare by key
     assert ids["floats"] == [i + ".0" for i in ids["original"]]
     assert [id_key(i) for i in ids["floats"]] == ids["original"]

@@ -2,22 +2,24 @@
 transformers only (no kit, no peft), the prompts are rebuilt from kit_export.json, and the
 probabilities must equal the kit's own predictions."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import write_toy_competition
-from kit.data import Rows, load_rows
-from kit.errors import KitError
-from kit.export import EXPORT_FILE, export, export_run
-from kit.models import ModelArgs, load_model
-from kit.pipeline import train_run
-from kit.runs import open_run
-from kit.spec import load_spec
-from kit.train import TrainArgs
+
+from kit.commands.serving import export
+from kit.core.errors import KitError
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.inputs.data import Rows, load_rows
+from kit.inputs.spec import load_spec
+from kit.models.registry import load_model
+from kit.outputs.export import EXPORT_FILE, export_run, front_matter
+from kit.runs.folder import open_run
+from kit.workflows.fit import train_run
 
 FAST = TrainArgs(max_steps=2, batch_size=8, lr=5e-3, checkpoint_every=0)
 LONG = " ".join(f"word{i} the cat and the dog" for i in range(40))     # longer than max_length: cut
@@ -88,11 +90,27 @@ def test_export_loads_in_plain_transformers_with_the_kits_probabilities(request,
     # a plain model directory: merged safetensors weights, no adapter, fp32 as the CPU run trained
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert "--dtype float32" in info["serve"]["merged"]          # vLLM's auto would run fp32 weights in fp16
     assert info["run"]["merged"] and info["task"]["labels"] == ["0", "1"]
     readme = (out / "README.md").read_text()
     assert info["prompt"]["template"] in readme and "{input}" in info["prompt"]["template"]
+    # a model card the hub reads, and files a teammate (or a server's user) can read
+    card = readme.split("---\n")[1]
+    assert "library_name: transformers" in card and "- kit" in card and "base_model" not in card   # a local base
+    assert ("text-classification" if head == "classify" else "text-generation") in card
+    mask = os.umask(0)
+    os.umask(mask)
+    assert all(path.stat().st_mode & 0o777 == 0o666 & ~mask for path in out.iterdir() if path.is_file())
     assert spec.instruction in info["prompt"]["template"] and "vLLM was NOT run" in readme
     assert tokenizer.chat_template and tokenizer.pad_token_id == model.config.pad_token_id
+    # the training prompt is baked into the chat template: a user message alone renders it
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "a cat"}], add_generation_prompt=True,
+                                             tokenize=False)
+    assert tokenizer(rendered, add_special_tokens=False).input_ids == \
+        info["prompt"]["prefix_ids"] + tokenizer("a cat", add_special_tokens=False).input_ids + info["prompt"]["tail_ids"]
+    own = tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"}],
+                                        add_generation_prompt=True, tokenize=False)
+    assert "Be brief." in own and spec.instruction not in own          # a system message of its own still wins
     if head == "classify":
         assert model.config.architectures[0].endswith("ForSequenceClassification")
         assert model.config.num_labels == 2 and model.config.id2label == {0: "0", 1: "1"}
@@ -159,7 +177,7 @@ def test_existing_out_needs_force_and_a_crash_leaves_the_old_export(competition,
     def crash(*args):
         raise RuntimeError("disk full")
     with monkeypatch.context() as patch:
-        patch.setattr("kit.export._check_tokenizer", crash)
+        patch.setattr("kit.outputs.export._check_tokenizer", crash)
         with pytest.raises(RuntimeError, match="disk full"):
             export_run(spec, out, run=run.name, runs=runs, force=True)
     assert [p.name for p in out.iterdir()] == ["old.txt"]          # untouched
@@ -185,3 +203,30 @@ def test_the_command_prints_the_vllm_commands(competition, trained, tiny_llama, 
     assert again.exit_code == 2 and "--force" in again.output
     missing = CliRunner().invoke(export, ["--spec", str(spec.path), "--out", str(tmp_path / "t"), "--run", "nope"])
     assert missing.exit_code == 2 and "no such run folder" in missing.output
+
+
+def test_dtype_writes_the_weights_in_the_dtype_asked_for(competition, trained, tiny_llama, tmp_path):
+    folder, spec = competition
+    run = trained(tiny_llama, "classify")
+    info = export_run(spec, tmp_path / "bf16", run=run.name, runs=folder / "runs", dtype="bf16")
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bf16", dtype="auto")
+    assert info["run"]["dtype"] == "bfloat16" and "--dtype bfloat16" in info["serve"]["merged"]
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_the_model_card_names_an_embedded_base_by_its_hub_id():
+    card = front_matter({"run": {"base_model": "smollm2", "merged": True}, "task": {"head": "generate"}})
+    assert card[:2] == ["---", 'base_model: "HuggingFaceTB/SmolLM2-135M-Instruct"']
+    assert "pipeline_tag: text-generation" in card and "- lora" in card and card[-2:] == ["---", ""]
+
+
+def test_label_descriptions_travel_with_the_export(tmp_path, tiny_llama):
+    spec_path = write_toy_competition(tmp_path)
+    spec_path.write_text(spec_path.read_text().replace(
+        "max_length = 64", 'max_length = 64\nlabel_descriptions = { "1" = "about animals" }'))
+    spec = load_spec(spec_path)
+    folder, _ = train_run(spec, ModelArgs(model=tiny_llama, head="classify"), FAST, runs=tmp_path / "runs")
+    info = export_run(spec, tmp_path / "out", run=folder.name, runs=tmp_path / "runs")
+    assert info["task"]["label_descriptions"] == {"1": "about animals"}
+    assert "- 1: `1`: about animals" in (tmp_path / "out" / "README.md").read_text()

@@ -1,18 +1,20 @@
 """Fold ensembles: `kit cv --keep-models` keeps each fold's model; `kit predict --models folds`
 averages their probabilities, `--models merged` averages their LoRA weights first."""
 import json
+import re
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from kit.cli import main
-from kit.data import load_rows
-from kit.models import load_model
-from kit.pipeline import load_predictor
-from kit.runs import load_run
-from kit.spec import load_spec
+from kit.commands.fit import predict
+from kit.commands.main import main
+from kit.inputs.data import load_rows
+from kit.inputs.spec import load_spec
+from kit.models.registry import load_model
+from kit.runs.folder import load_run
+from kit.workflows.predict import load_predictor
 
 
 @pytest.fixture
@@ -79,6 +81,9 @@ def test_merging_tfidf_folds_is_refused(tmp_path, toy, monkeypatch):
                               "--name", "tf"])
     result = CliRunner().invoke(main, ["predict", "--spec", str(toy), "--run", "tf", "--models", "merged"])
     assert result.exit_code == 2 and "needs LoRA fold models" in result.output
+    # every option a message names is one the verb has
+    named = set(re.findall(r"--[a-z-]+", result.output))
+    assert named and named <= {p.opts[0] for p in predict.params} | {o for p in predict.params for o in p.opts}
 
 
 def test_fold_models_left_by_a_cv_on_other_folds_are_refused(cv_run, toy, tiny_llama):

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import ROOT
-from kit.cli import main
-from kit.data import load_rows
-from kit.device import estimate_peak, model_shape, resolve
-from kit.errors import KitError
-from kit.models import ModelArgs, Task, load_model, make_model
-from kit.spec import load_spec
-from kit.train import TrainArgs
+
+from kit.commands.main import main
+from kit.core.errors import KitError
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.engine.device import estimate_peak, model_shape, resolve
+from kit.inputs.data import load_rows
+from kit.inputs.spec import load_spec
+from kit.inputs.tasks import Task
+from kit.models.registry import load_model, make_model
 
 FAST = TrainArgs(max_steps=3, batch_size=8, lr=5e-3, checkpoint_every=0)
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
@@ -120,7 +121,7 @@ def test_quantize_without_bitsandbytes_is_one_line(tmp_path, toy, tiny_llama, mo
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["train", "--spec", str(toy), "--model", tiny_llama, "--quantize", "4bit"])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
-    assert "--quantize 4bit needs bitsandbytes: pip install bitsandbytes" in result.output
+    assert "--quantize 4bit needs bitsandbytes: pip install 'competition-kit[qlora]'" in result.output
 
 
 # -- the memory estimate -----------------------------------------------------------------------------
@@ -135,7 +136,7 @@ def qwen7b_config_dir(tmp_path_factory, smol_tokenizer_dir):
 
 
 def test_a_run_that_cannot_fit_is_refused_before_loading(tmp_path, toy, qwen7b_config_dir, monkeypatch):
-    monkeypatch.setattr("kit.train.available_memory_bytes", lambda: 24 * 2**30)
+    monkeypatch.setattr("kit.models.transformer.available_memory_bytes", lambda: 24 * 2**30)
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["train", "--spec", str(toy), "--model", str(qwen7b_config_dir)])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
@@ -154,5 +155,5 @@ def test_estimates_for_a_24gb_card(qwen7b_config_dir):
     assert peak(gradient_checkpointing=False) > card > peak(gradient_checkpointing=True)
     assert peak(gradient_checkpointing=True, quantize="4bit") < 20 * 2**30
     with pytest.raises(KitError, match="does not fit"):
-        from kit.device import check_memory
+        from kit.engine.device import check_memory
         check_memory(estimate_peak(shape, ModelArgs(**gpu, gradient_checkpointing=False), 8, 512, True), card, "x")

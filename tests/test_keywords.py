@@ -1,12 +1,20 @@
-"""kit.keywords: reading, parsing, scoring and extracting keyword lists."""
+"""kit.evaluation.keywords: reading, parsing, scoring and extracting keyword lists."""
 import math
 
 import numpy as np
 import pytest
 
-from kit.errors import KitError
-from kit.keywords import (SEPARATORS, MiniLMExtractor, TfidfExtractor, candidates, infer_separator,
-                          keyword_scores, mmr, normalise, paper_scores, parse_answer, split_keywords)
+from kit.core.errors import KitError
+from kit.evaluation.keywords import (
+    SEPARATORS,
+    infer_separator,
+    keyword_scores,
+    normalise,
+    paper_scores,
+    parse_answer,
+    split_keywords,
+)
+from kit.models.extractors import MiniLMExtractor, TfidfExtractor, candidates, mmr
 
 
 @pytest.mark.parametrize("keyword, expected", [
@@ -248,7 +256,7 @@ def test_minilm_extractor_prefers_the_topic_to_filler(minilm, monkeypatch):
 
 
 def test_a_line_break_ends_a_phrase():
-    from kit.keywords import candidates
+    from kit.models.extractors import candidates
     found = candidates("title: Knowledge graph completion\nabstract: Graph completion works")
     assert "graph completion abstract" not in [c.lower() for c in found]
     assert "Knowledge graph completion" in found

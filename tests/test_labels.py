@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from kit.data import load_rows
-from kit.models import ModelArgs, Task, make_model
-from kit.predict import answer_scores
-from kit.prompts import first_tokens_differ
-from kit.spec import load_spec
-from kit.train import TrainArgs
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.engine.inference import answer_scores
+from kit.engine.prompts import first_tokens_differ
+from kit.inputs.data import load_rows
+from kit.inputs.spec import load_spec
+from kit.inputs.tasks import Task
+from kit.models.registry import make_model
 
 WORDS = {"digits": ["1", "12"], "english": ["positive", "positively"], "chinese": ["消极评论。", "积极评论。"]}
 

@@ -11,16 +11,21 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from kit import cv as kit_cv
-from kit import levers
-from kit.cli import main
-from kit.data import Rows, load_rows
-from kit.errors import KitError
-from kit.models import ModelArgs, Task, TransformerModel, load_model, make_model
-from kit.runs import effective_config, load_run
-from kit.spec import load_spec
-from kit.train import (AnswerLoss, ClassifyLoss, DistillAnswerLoss, RowTarget, SoftClassifyLoss, TrainArgs,
-                       distillation_kl, pad_batch)
+from kit.commands.main import main
+from kit.core.errors import KitError
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.engine.batching import pad_batch
+from kit.engine.losses import AnswerLoss, ClassifyLoss, DistillAnswerLoss, RowTarget, SoftClassifyLoss, distillation_kl
+from kit.evaluation.folds import assign_folds
+from kit.inputs.data import Rows, load_rows
+from kit.inputs.spec import load_spec
+from kit.inputs.tasks import Task
+from kit.models.registry import load_model, make_model
+from kit.models.transformer import TransformerModel
+from kit.runs.folder import effective_config, load_run
+from kit.tasks.label import LabelColumn
+from kit.workflows import cv as kit_cv
+from kit.workflows import levers
 
 
 class FixedLogits(torch.nn.Module):
@@ -179,7 +184,7 @@ def test_soft_targets_and_teachers_are_refused_where_a_head_cannot_learn_them(te
              "--pseudo", "teacher", "--pseudo-soft")
     _refused("need --pseudo RUN[:SPLIT]", "train", "--spec", toy, "--model", "tfidf", "--pseudo-soft")
     _refused("need --teacher RUN", "cv", "--spec", toy, "--model", "tfidf", "--kl-weight", 0.3)
-    _refused("work on the label model only", "cv", "--spec", toy, "--target", "x", "--pseudo", "teacher")
+    _refused("no [targets.x]", "cv", "--spec", toy, "--target", "x", "--pseudo", "teacher")
     generate = TransformerModel(Task("Answer.", ["1", "12"]), ModelArgs(model=tiny_llama, head="generate"))
     with pytest.raises(KitError, match="share their first token"):
         generate.check_levers(soft=False, teacher=True)
@@ -220,7 +225,7 @@ def test_cv_refuses_fold_models_left_by_an_earlier_cv(teacher, toy):
 
 def _key(spec, model, train_args):
     rows = load_rows(spec, "train")[0]
-    _, filled, _ = levers.for_train(spec, rows, model, train_args)
+    _, filled, _ = levers.for_train(LabelColumn(spec), rows, model, train_args)
     return effective_config(spec, model.args, filled)["key"]
 
 
@@ -283,11 +288,11 @@ def test_cv_with_pseudo_labels_and_a_teacher_keeps_fold_k_to_fold_k(teacher, toy
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a cached fold prediction was computed again")
-    monkeypatch.setattr("kit.models.load_model", no_loading)
-    fold = kit_cv.assign_folds(train_rows.labels, 3, 0)
+    monkeypatch.setattr("kit.models.registry.load_model", no_loading)
+    fold = assign_folds(train_rows.labels, 3, 0)
     args = TrainArgs(pseudo="teacher", pseudo_threshold=0.5, teacher="teacher")
     student_model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_llama), args)
-    _, filled = levers.for_cv(spec, train_rows, fold, student_model, args)
+    _, filled = levers.for_cv(LabelColumn(spec), train_rows, fold, student_model, args)
     recorded = student.config["train"]
     assert (filled.pseudo_fingerprint, filled.teacher_fingerprint) == (recorded["pseudo_fingerprint"],
                                                                        recorded["teacher_fingerprint"])
@@ -297,15 +302,14 @@ def test_cv_with_pseudo_labels_and_a_teacher_keeps_fold_k_to_fold_k(teacher, toy
 def test_cv_pseudo_labels_from_a_blend_come_from_each_folds_members(teacher, toy, tiny_llama, monkeypatch):
     """A blend as the pseudo source under kit cv: fold k's pseudo-labels combine its members'
     fold-k models, weighted by weights fitted on the OOF rows outside fold k."""
-    from kit import ensemble
     _ok("cv", "--spec", toy, "--model", tiny_llama, "--folds", 3, "--max-steps", 2, "--batch-size", 8,
         "--no-baseline", "--keep-models", "--name", "llm")
     _ok("blend", "--spec", toy, "teacher", "llm", "--name", "mix")
     seen, fitted = [], []
-    real_fit, real_weights = kit_cv.fit_timed, ensemble.fit_weights
+    real_fit, real_weights = kit_cv.fit_timed, levers.fit_weights
     monkeypatch.setattr(kit_cv, "fit_timed",
                         lambda model, rows, *a, **k: seen.append(rows) or real_fit(model, rows, *a, **k))
-    monkeypatch.setattr(ensemble, "fit_weights", lambda metric, truth, probs: fitted.append(
+    monkeypatch.setattr(levers, "fit_weights", lambda metric, truth, probs: fitted.append(
         (len(truth), real_weights(metric, truth, probs)[0])) or real_weights(metric, truth, probs))
     _ok("cv", "--spec", toy, "--model", "tfidf", "--folds", 3, "--no-baseline", "--pseudo", "mix",
         "--pseudo-threshold", 0.5, "--name", "student")

@@ -1,6 +1,6 @@
 import pytest
 
-from kit.parse import parse_answer
+from kit.evaluation.parse import parse_answer
 
 WORDS = ["0", "1"]
 

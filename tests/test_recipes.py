@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kit.metrics import metric_value
+from kit.evaluation.metrics import metric_value
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes.py"
 

@@ -1,7 +1,9 @@
 """`kit runs` and `kit report`: the data behind every plot against hand-computed cases, the
 leaderboard over real TF-IDF run folders of two specs, and the HTML page (every section, nothing
 fetched from the network; a Chromium screenshot when Chromium is installed)."""
+import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -11,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import write_spec, write_toy_competition
-from kit import report as kr
-from kit.cli import main
-from kit.cv import cross_validate
-from kit.models import ModelArgs
-from kit.pipeline import predict_split, train_run
-from kit.spec import load_spec
-from kit.train import TrainArgs
+
+from kit.commands.main import main
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.inputs.spec import load_spec
+from kit.outputs import report as kr
+from kit.workflows.cv import cross_validate
+from kit.workflows.fit import train_run
+from kit.workflows.predict import predict_split
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -109,7 +111,9 @@ def test_shift_statistic_by_hand(monkeypatch):
     assert kr.ks_statistic(a, a) == 0
     assert kr.ks_statistic([0.1, 0.2], [0.8, 0.9]) == 1
     result = kr.shift_statistic(a, b)
-    assert result["ks"] == pytest.approx(0.5) and result["shifted"] and result["method"] == "scipy.stats.ks_2samp"
+    assert result["ks"] == pytest.approx(0.5) and result["method"] == "scipy.stats.ks_2samp"
+    assert not result["shifted"] and result["pvalue"] > kr.SHIFT_P       # a large gap on 4 rows is not evidence
+    assert kr.shift_statistic(a * 50, b * 50)["shifted"]                 # the same gap on 200 rows is
     assert result["oof_mean"] == pytest.approx(0.25) and result["other_mean"] == pytest.approx(0.45)
     assert not kr.shift_statistic(a, a)["shifted"]
     ten = [i / 10 for i in range(1, 11)]
@@ -255,6 +259,8 @@ def test_report_has_every_section_and_no_external_url(runs):
     assert page.count("data:image/png;base64,") >= 5           # confusion, threshold, ROC, calibration, shift
     assert "no loss log recorded" in page                       # TF-IDF logs no loss
     assert "KS " in page and "scipy.stats.ks_2samp" in page
+    confusion = page[page.index('id="run-1-confusion"'):page.index('id="run-1-threshold"')]
+    assert "the diagonal is each label" in confusion and "<th>support</th>" in confusion    # per-class table
     wrong = page[page.index('id="run-1-wrong"'):]
     assert "the stock market fell today 0" in wrong and "texts read through" in wrong     # texts by id
     assert "topics-tfidf" not in page                           # the other spec's runs are not in its leaderboard
@@ -262,6 +268,9 @@ def test_report_has_every_section_and_no_external_url(runs):
 
 
 def test_report_defaults_to_the_best_two_runs_of_the_spec(runs):
+    for copy in ("toy-low", "toy-unscored"):      # copies of the trained run: their predictions are older
+        for stats in (runs["runs"] / copy).glob("predict-*.json"):
+            os.utime(stats, (0, 0))
     out = kr.write_report([], runs["toy"], runs["root"] / "best.html", runs=runs["runs"])
     page = out.read_text()
     assert "run-2" in _ids(page) and "run-3" not in _ids(page)
@@ -293,6 +302,60 @@ def test_report_names_a_missing_run(runs):
     assert result.exit_code == 2 and "nope" in result.output
 
 
+EVIL = '<script>alert(1)</script> & "q"'
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &#34;q&#34;"
+EVIL_NAME = EVIL.replace("/", "")          # a folder name cannot hold "/"
+ESCAPED_NAME = ESCAPED.replace("/", "")
+
+
+def _rewrite_csv(path, change):
+    """A CSV's rows (header first) rewritten by change, through the csv module: it quotes the `"` in EVIL."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(change(rows))
+
+
+def _relabel(rows):
+    """Label "1" renamed EVIL in a kit CSV: its p_1 column and the cells of its true/label columns."""
+    header, *body = rows
+    columns = {i for i, name in enumerate(header) if name in ("true", "pred", "label")}
+    header = [f"p_{EVIL}" if name == "p_1" else name for name in header]
+    return [header] + [[EVIL if i in columns and cell == "1" else cell for i, cell in enumerate(row)] for row in body]
+
+
+def _evil_texts(rows):
+    """EVIL appended to every text of a train CSV: whichever OOF rows are shown carry it."""
+    header, *body = rows
+    column = header.index("text")
+    return [header] + [[cell + " " + EVIL if i == column else cell for i, cell in enumerate(row)] for row in body]
+
+
+def test_report_escapes_markup_read_from_run_folders(runs, tmp_path):
+    """The run name, spec name, a label, OOF row texts and a notice all come from files: the page
+    shows them as text (autoescaped), never as markup."""
+    competition = shutil.copytree(runs["root"] / "toy", tmp_path / "toy")
+    _rewrite_csv(competition / "train.csv", _evil_texts)
+    directory = shutil.copytree(runs["trained"], tmp_path / "runs" / EVIL_NAME)
+    (tmp_path / "runs" / f"broken{EVIL_NAME}").mkdir()           # a notice naming it
+    config = json.loads((directory / "run.json").read_text())
+    config["spec"].update(name=EVIL, path=str(competition / "competition.toml"))
+    config["spec"]["resolved"]["labels"] = ["0", EVIL]
+    (directory / "run.json").write_text(json.dumps(config))
+    for name in ("oof.csv", "predictions-test.csv"):
+        _rewrite_csv(directory / name, _relabel)
+    page = kr.write_report([directory], None, tmp_path / "r.html").read_text()
+    assert "<script" not in page and EVIL not in page and EVIL_NAME not in page
+    assert page.count("alert(1)") == page.count("&lt;script&gt;alert(1)")     # every one of them escaped
+    assert f"<title>kit report: {ESCAPED}</title>" in page                   # the spec name
+    assert f"<h2>1. {ESCAPED_NAME}</h2>" in page and f'<a href="#run-1">{ESCAPED_NAME}</a>' in page    # run name
+    assert f"P({ESCAPED}): KS" in page                                       # the label
+    wrong = page[page.index('id="run-1-wrong"'):]
+    assert f"<td>{ESCAPED}</td>" in wrong and f"{ESCAPED}</span>" in wrong     # a label cell, a row's text
+    assert f"broken{ESCAPED_NAME}: not a run folder" in page
+    _assert_offline(page)
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (not required in CI)")
 def test_report_screenshot_in_headless_chromium(runs, tmp_path):
     from PIL import Image
@@ -309,7 +372,7 @@ def test_report_screenshot_in_headless_chromium(runs, tmp_path):
 
 
 def test_the_settings_show_the_levers_and_nothing_a_road_ignores():
-    from kit.report import run_settings, settings_text
+    from kit.outputs.report import run_settings, settings_text
     train = {"lr": 1e-3, "epochs": 2.0, "pseudo": "t:test", "pseudo_threshold": 0.9, "pseudo_soft": True,
              "teacher": "t", "kl_weight": 0.5, "temperature": 2.0}
     llm = {"model": {"model": "smollm2", "head": "classify", "lora_r": 16, "lora_layers": 4}, "train": train}
@@ -318,3 +381,24 @@ def test_the_settings_show_the_levers_and_nothing_a_road_ignores():
     assert "teacher t kl 0.5@T2" in text
     extractor = {"model": {"model": "minilm", "head": "extract"}, "train": {"lr": 1e-3, "epochs": 2.0}}
     assert settings_text(run_settings(extractor)) == "-"
+
+
+def test_the_default_report_includes_the_run_behind_the_latest_submission(tmp_path):
+    spec = load_spec(write_toy_competition(tmp_path))
+    runs = tmp_path / "runs"
+    cross_validate(spec, ModelArgs(model="tfidf"), TrainArgs(seed=0), folds=3, runs=runs, name="scored")
+    directory, _ = train_run(spec, ModelArgs(model="tfidf"), TrainArgs(seed=4), name="submitted", runs=runs)
+    predict_split(spec, "test", run=directory.name, out=tmp_path / "submit.csv", runs=runs)
+    page = kr.write_report([], spec, tmp_path / "report.html", runs=runs, top=1).read_text()
+    headings = re.findall(r"<h2>\d+\. ([^<]*)</h2>", page)
+    assert any("scored" in h for h in headings) and any("submitted" in h for h in headings), headings
+
+
+def test_a_predicted_split_with_answers_is_scored_in_the_report(runs):
+    out = runs["root"] / "answers.html"
+    (runs["toy"].path.parent / "test_labels.csv").write_text(
+        "id,label\n" + "".join(f"{100 + i},{i % 2}\n" for i in range(8)))
+    spec = runs["toy"].path
+    spec.write_text(spec.read_text().replace("[columns]", '[answers]\ntest = "test_labels.csv"\n[columns]', 1))
+    page = kr.write_report([runs["trained"]], out=out).read_text()
+    assert "test (its labelled copy in the spec&#39;s [answers]): f1 " in page and "on 8 rows" in page

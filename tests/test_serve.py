@@ -2,6 +2,7 @@
 127.0.0.1 port (uvicorn in a background thread) and called with the official openai client
 and its HTTP client. Runs are trained in the test: TF-IDF (fast) and a tiny random Llama."""
 import math
+import shutil
 import statistics
 import threading
 import time
@@ -15,20 +16,28 @@ from click.testing import CliRunner
 from openai import AuthenticationError, BadRequestError, NotFoundError, OpenAI
 
 try:
-    import httpx2 as httpx        # what this openai release is built on
+    import httpx2 as httpx  # what this openai release is built on
 except ImportError:               # pragma: no cover - older openai releases use httpx
     import httpx
 
 from conftest import write_toy_competition
-from kit import serve as serve_module
-from kit.data import Rows, load_rows
-from kit.metrics import decide
-from kit.models import ModelArgs, Prediction, Task, load_model
-from kit.pipeline import predict_split, train_run
-from kit.runs import load_run
-from kit.serve import MAX_BODY, bind, create_app, serve
-from kit.spec import load_spec
-from kit.train import TrainArgs
+from test_export import plain_probs
+from test_states import PREDICT_GAP
+
+from kit.commands import serving as serving_commands
+from kit.commands.main import main
+from kit.commands.serving import serve
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.evaluation.metrics import decide
+from kit.inputs.data import Rows, load_rows
+from kit.inputs.spec import load_spec
+from kit.inputs.tasks import Task
+from kit.models.base import Prediction
+from kit.models.registry import load_model
+from kit.outputs.serve import MAX_BODY, bind, create_app
+from kit.runs.folder import load_run
+from kit.workflows.fit import train_run
+from kit.workflows.predict import predict_split
 
 KEY = "test-key"
 LONG = ("the cat sleeps on the mat and the dog barks " * 3000)[:100_000]
@@ -148,6 +157,47 @@ def test_chat_completion_answers_the_label_word_the_kit_decides(tfidf, tfidf_ser
         assert usage.prompt_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_stream_gives_the_same_answer_in_chunks_then_done(tfidf, tfidf_server):
+    client = tfidf_server.openai()
+    plain = client.chat.completions.create(model=tfidf.name, messages=_user(), logprobs=True)
+    chunks = list(client.chat.completions.create(model=tfidf.name, messages=_user(), logprobs=True, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices] == [None, "stop"]
+    assert chunks[-1].usage.total_tokens == plain.usage.total_tokens          # include_usage: the last chunk
+    assert chunks[0].choices[0].logprobs.content[0].logprob == plain.choices[0].logprobs.content[0].logprob
+    with tfidf_server.http() as http:                                          # the raw events end with [DONE]
+        events = http.post("/v1/chat/completions", json={"model": tfidf.name, "messages": _user(), "stream": True})
+        assert events.headers["content-type"].startswith("text/event-stream")
+        assert events.text.rstrip().endswith("data: [DONE]") and events.text.count("data: ") == 3
+
+
+def test_the_official_client_sees_unsupported_fields_refused_and_sends_fields_to_render(tfidf):
+    with Served(tfidf.app(template=tfidf.spec.input_template)) as served:
+        client = served.openai()
+        for extra, field in (({"response_format": {"type": "json_object"}}, "response_format"),
+                             ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+                             ({"n": 2}, "n")):
+            with pytest.raises(BadRequestError) as refused:
+                client.chat.completions.create(model=tfidf.name, messages=_user(), **extra)
+            assert refused.value.body["param"] == field and field in refused.value.message
+        fields = [{"text": text} for text in tfidf.rows.texts[:3]]
+        by_fields = client.post("/classify", body={"model": tfidf.name, "input": fields}, cast_to=object)
+        by_text = classify(client, tfidf.name, tfidf.rows.texts[:3])
+        assert [row["probs"] for row in by_fields["data"]] == [row["probs"] for row in by_text["data"]]
+
+
+def test_top_logprobs_gives_that_many_label_words(tfidf, tfidf_server):
+    client = tfidf_server.openai()
+    for top in (0, 1, 2):
+        answer = client.chat.completions.create(model=tfidf.name, messages=_user(), logprobs=True, top_logprobs=top)
+        listed = answer.choices[0].logprobs.content[0].top_logprobs
+        assert len(listed) == top
+        if top:
+            assert listed[0].token == answer.choices[0].message.content      # the most probable is the answer
+
+
 def test_classify_equals_kit_predict(tfidf, tfidf_server, tmp_path):
     answer = classify(tfidf_server.openai(), tfidf.name, tfidf.rows.texts)
     served = probabilities(answer, tfidf.spec.labels)
@@ -157,6 +207,22 @@ def test_classify_equals_kit_predict(tfidf, tfidf_server, tmp_path):
     np.testing.assert_allclose(served, file_probs, atol=1e-6, rtol=0)
     assert [row["label"] for row in answer["data"]] == file_labels
     assert [row["index"] for row in answer["data"]] == list(range(len(tfidf.rows)))
+
+
+def test_classify_takes_a_rows_fields_and_answers_on_vllms_path_in_its_shape(tfidf):
+    with Served(tfidf.app(template=tfidf.spec.input_template)) as served, served.http() as http:
+        fields = pd.read_csv(tfidf.spec.split_path("test"), dtype=str).drop(columns=["id"]).to_dict("records")
+        by_fields = http.post("/classify", json={"model": tfidf.name, "input": fields}).json()
+        by_text = http.post("/v1/classify", json={"model": tfidf.name, "input": tfidf.rows.texts}).json()
+        assert by_fields["id"].startswith("classify-") and by_fields["usage"]["completion_tokens"] == 0
+        assert all(row["num_classes"] == 2 and len(row["probs"]) == 2 for row in by_fields["data"])
+        assert [row["probs"] for row in by_fields["data"]] == [row["probs"] for row in by_text["data"]]
+        assert "warning" not in by_fields
+        missing = http.post("/classify", json={"model": tfidf.name, "input": [{"title": "a cat"}]})
+        assert missing.status_code == 400
+        assert "input.0: missing field(s) ['text'] of the input template" in missing.json()["error"]["message"]
+        number = http.post("/classify", json={"model": tfidf.name, "input": [{"text": 5}]})
+        assert number.status_code == 400 and "field 'text' is int, not a string" in number.json()["error"]["message"]
 
 
 # -- what a client can get wrong ---------------------------------------------------------------------
@@ -183,14 +249,25 @@ MALFORMED = {   # name: (path, request keywords, status, what the message names)
     "last message not the user's": ("/v1/chat/completions",
                                     {"json": {"model": "{model}", "messages": _user() + [
                                         {"role": "assistant", "content": "1"}]}}, 400, "messages.1.role"),
-    "stream": ("/v1/chat/completions", {"json": {"model": "{model}", "messages": _user(), "stream": True}},
-               400, "stream"),
+    "json answers": ("/v1/chat/completions", {"json": {"model": "{model}", "messages": _user(),
+                                                        "response_format": {"type": "json_object"}}},
+                     400, "response_format: not supported by kit serve"),
+    "tools": ("/v1/chat/completions", {"json": {"model": "{model}", "messages": _user(),
+                                                 "tools": [{"type": "function", "function": {"name": "f"}}]}},
+              400, "tools: not supported"),
+    "logit bias": ("/v1/chat/completions", {"json": {"model": "{model}", "messages": _user(), "logit_bias": {"5": 9}}},
+                   400, "logit_bias"),
+    "empty text": ("/v1/chat/completions", {"json": {"model": "{model}", "messages": _user("  ")}},
+                   400, "messages.0.content: is empty"),
+    "empty input text": ("/v1/classify", {"json": {"model": "{model}", "input": ["a cat", ""]}}, 400,
+                         "item 1 is empty"),
     "unknown model": ("/v1/classify", {"json": {"model": "gpt-4o", "input": ["x"]}}, 404, "model"),
     "not JSON": ("/v1/classify", {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
                  400, "JSON"),
     "JSON but not an object": ("/v1/classify", {"json": ["x"]}, 400, "JSON object"),
     "no JSON content type": ("/v1/classify", {"content": b'{"model": "m", "input": ["x"]}'}, 400, "Content-Type"),
-    "two choices": ("/v1/chat/completions", {"json": {"model": "{model}", "messages": _user(), "n": 2}}, 400, "n"),
+    "two choices": ("/v1/chat/completions", {"json": {"model": "{model}", "messages": _user(), "n": 2}}, 400,
+                    "n: 2 answers asked for; this server gives one per request"),
     "body over 1 MB": ("/v1/classify", {"json": {"model": "{model}", "input": ["x" * (MAX_BODY + 10)]}},
                        413, "bytes"),
     "chunked body over 1 MB": ("/v1/classify", {"content": "chunks"}, 413, "bytes"),
@@ -253,6 +330,11 @@ class Echo:
     def __init__(self):
         self.task, self.calls = Task("x", ["no", "yes"]), []
 
+    generates, answer_tokens = False, None     # scores only, like TF-IDF
+
+    def encode(self, rows):
+        return None               # no tokens: like TF-IDF
+
     def predict(self, rows, mode="score"):
         if "boom" in rows.texts:
             raise RuntimeError("boom")
@@ -263,13 +345,13 @@ class Echo:
 
 def test_batches_split_large_requests_and_survive_a_failing_model():
     model = Echo()
-    texts = ["x" * (10 * i) for i in range(10)]
+    texts = ["x" * (10 * i) or " x " for i in range(10)]         # the first: 3 characters, not empty
     with Served(create_app(model, "echo", ["0", "1"], max_batch=4)) as served, served.http() as http:
         answer = http.post("/v1/classify", json={"model": "echo", "input": texts}).json()
         failed = http.post("/v1/classify", json={"model": "echo", "input": ["boom"]})
         chat = served.openai().chat.completions.create(model="echo", messages=_user("x" * 90))
     assert max(model.calls) <= 4 and sum(model.calls) >= len(texts)           # split, in batches of 4
-    assert [row["probabilities"]["1"] for row in answer["data"]] == pytest.approx([i / 10 for i in range(10)])
+    assert [row["probabilities"]["1"] for row in answer["data"]] == pytest.approx([0.03] + [i / 10 for i in range(1, 10)])
     assert [row["label"] for row in answer["data"]] == ["0"] * 5 + ["1"] * 5    # the spec's labels ...
     assert chat.choices[0].message.content == "yes"                             # ... and the model's words
     assert failed.status_code == 500 and failed.json()["error"]["code"] == "prediction_failed"
@@ -363,7 +445,7 @@ def test_cli_serves_the_latest_run_of_the_spec(tmp_path, monkeypatch):
     spec_path = write_toy_competition(tmp_path)
     folder, _ = train_run(load_spec(spec_path), ModelArgs(model="tfidf"), TrainArgs())     # into ./runs
     started = {}
-    monkeypatch.setattr(serve_module, "run_server", lambda app, sock: started.update(app=app, sock=sock))
+    monkeypatch.setattr(serving_commands, "run_server", lambda app, sock: started.update(app=app, sock=sock))
     taken = bind("127.0.0.1", 0)
     try:
         busy = CliRunner().invoke(serve, ["--spec", str(spec_path), "--port", str(taken.getsockname()[1])])
@@ -377,3 +459,32 @@ def test_cli_serves_the_latest_run_of_the_spec(tmp_path, monkeypatch):
         assert [m.id for m in served.openai(key="env-key").models.list()] == [folder.name]
         with pytest.raises(AuthenticationError):
             served.openai(key=KEY).models.list()
+
+
+def test_a_copied_run_predicts_exports_and_serves_the_same_numbers_elsewhere(tmp_path, monkeypatch, tiny_llama):
+    """A transformer run (LoRA on the top block: kit predict reads fp16 frozen states) trained in one
+    tree, copied to another and used there with no flag: kit predict, kit export and kit serve give
+    the same probabilities within the README's stated gaps."""
+    here, there = tmp_path / "trained-here", tmp_path / "copied-there"
+    here.mkdir()
+    spec_path = write_toy_competition(here)
+    train_run(load_spec(spec_path), ModelArgs(model=tiny_llama, lora_layers=1), TrainArgs(max_steps=2, batch_size=8),
+              runs=here / "runs")
+    shutil.copytree(here, there)
+    monkeypatch.chdir(there)
+    spec = ["--spec", "competition.toml"]
+    for args in (["predict", *spec, "--out", "submit.csv"], ["export", *spec, "--out", "exported"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    (run,) = [p for p in (there / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    rows, _ = load_rows(load_spec(there / "competition.toml"), "test")
+    predicted = pd.read_csv(run / "predictions-test.csv")[["p_0", "p_1"]].to_numpy()
+    exported = plain_probs(there / "exported", rows.texts)[0]
+    started = {}
+    monkeypatch.setattr(serving_commands, "run_server", lambda app, sock: started.update(app=app, sock=sock))
+    result = CliRunner().invoke(serve, [*spec, "--port", "0"])
+    assert result.exit_code == 0, result.output
+    with Served(started["app"], started["sock"]) as served:
+        served_probs = probabilities(classify(served.openai(key="no-auth"), run.name, rows.texts), ["0", "1"])
+    np.testing.assert_allclose(served_probs, exported, atol=1e-4, rtol=0)        # both the fp32 full pass
+    np.testing.assert_allclose(predicted, served_probs, atol=PREDICT_GAP, rtol=0)  # fp16 states, stated gap

@@ -5,10 +5,10 @@ import json
 from dataclasses import replace
 
 import pytest
-
 from conftest import ROOT, write_spec, write_toy_competition
-from kit.errors import KitError
-from kit.spec import load_spec, render_template, template_fields
+
+from kit.core.errors import KitError
+from kit.inputs.spec import load_spec, render_template, template_fields
 
 BASE = {
     "name": "toy", "train": "train.csv",

@@ -4,13 +4,13 @@ import os
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from conftest import write_spec, write_toy_competition
-from kit import submit
-from kit.cli import main
-from kit.data import load_rows
-from kit.errors import KitError
-from kit.spec import load_spec
+
+from kit.commands.main import main
+from kit.core.errors import KitError
+from kit.inputs import submit
+from kit.inputs.data import load_rows
+from kit.inputs.spec import load_spec
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_fill_columns(tmp_path):
     spec = load_spec(write_spec(tmp_path, columns='["id", "Keywords", "label"]',
                                 extra='[submission.fill]\nKeywords = "kw:{text}"\n'))
     test = pd.DataFrame({"id": IDS, "text": ["a", "b", "c"]})
-    built = submit.build(spec, test, IDS, ["0", "1", "0"])
+    built = submit.build(spec, test, IDS, {"label": ["0", "1", "0"]})
     assert list(built.columns) == ["id", "Keywords", "label"]
     assert built["Keywords"].tolist() == ["kw:a", "kw:b", "kw:c"]
 
@@ -117,7 +117,7 @@ def test_submission_writes_ids_in_the_sample_form(tmp_path, test_ids, sample_ids
         (tmp_path / "sample.csv").write_text("id,label\n" + "".join(f"{i},0\n" for i in sample_ids))
     spec = load_spec(write_spec(tmp_path, sample='sample = "sample.csv"' if sample_ids else ""))
     rows, test = load_rows(spec, "test")
-    built = submit.build(spec, test, rows.ids, ["0", "1", "0"])
+    built = submit.build(spec, test, rows.ids, {"label": ["0", "1", "0"]})
     assert built["id"].tolist() == written
     submit.validate(spec, built, rows.ids, "test")
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kit.cli import main
-from kit.errors import KitError
-from kit.spec import load_spec
+from kit.commands.main import main
+from kit.core.errors import KitError
+from kit.inputs.spec import load_spec
 
 TOPICS = [("neural network training", "gradient descent"), ("protein folding", "molecular dynamics"),
           ("solar cell efficiency", "thin films"), ("graph neural networks", "node classification"),
@@ -129,9 +129,18 @@ def test_cv_scores_every_road_on_the_same_rows(papers):
     assert sorted(oof["id"]) == list(range(24)) and set(oof["fold"]) == {0, 1, 2}
     # the phrases are in the text: the baseline finds some of the gold keywords
     assert tables[0]["exact_f1"] > 0.2
-    from kit.report import write_report
+    from kit.outputs.report import write_report
     page = Path(write_report([Path("runs") / tables[0]["config"]["name"]], out="report.html")).read_text()
     assert "<td>exact</td>" in page and "<td>partial</td>" in page and "held-out rows" in page
+
+
+@pytest.mark.parametrize("verb", ["cv", "train"])
+def test_a_keyword_column_takes_no_lever(papers, verb):
+    """Pseudo-labels and distillation learn label probabilities: refused in one line before any work."""
+    result = run(verb, "--spec", papers, "--target", "Keywords", "--pseudo", "some-run")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "work on the label model only; train [targets.Keywords]" in result.output
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
 
 
 def test_train_and_predict_fill_the_keywords_column(papers):
@@ -179,7 +188,7 @@ def test_score_reports_keyword_f1_against_a_labelled_copy(papers, tmp_path):
 
 
 def test_a_submission_with_a_line_break_or_a_missing_keyword_list_is_refused(tmp_path):
-    from kit import submit
+    from kit.inputs import submit
     spec = load_spec(write_paper_spec(tmp_path))
     frame = pd.DataFrame({"uuid": ["1", "2"], "Keywords": ["a; b", "c\nd"], "label": ["0", "1"]})
     with pytest.raises(KitError, match="row 3: Keywords holds a line break"):
@@ -192,11 +201,13 @@ def test_a_submission_with_a_line_break_or_a_missing_keyword_list_is_refused(tmp
 
 @pytest.mark.parametrize("road", ["tfidf", "minilm"])
 def test_the_extractors_follow_the_estimator_contract(papers, road):
-    from kit.models import NotFittedError, load_model
-    from kit.models.base import ModelArgs
-    from kit.targets import setup
-    from kit.train import TrainArgs
-    _, rows, model, _ = setup(load_spec(papers), "Keywords", ModelArgs(model=road), TrainArgs())
+    from kit.core.settings import ModelArgs, TrainArgs
+    from kit.models.base import NotFittedError
+    from kit.models.registry import load_model, make_model
+    from kit.tasks.columns import column_of
+    column = column_of(load_spec(papers), "Keywords")
+    rows, frame = column.rows("train")
+    model = make_model(column.estimator_task(frame), ModelArgs(model=road), TrainArgs())
     with pytest.raises(NotFittedError):
         model.predict(rows)
     assert model.fit(rows) is model and model.count == 2           # the answers' median count
@@ -209,21 +220,21 @@ def test_the_extractors_follow_the_estimator_contract(papers, road):
 
 # -- the LLM road -----------------------------------------------------------------------------
 def test_the_llm_road_writes_parses_falls_back_and_round_trips(papers, tiny_llama, monkeypatch):
-    from kit.models import load_model
+    from kit.core.settings import ModelArgs, TrainArgs
+    from kit.inputs.spec import load_spec as load
     from kit.models.keywords import FALLBACK, GENERATE, KeywordWriter
-    from kit.models.base import ModelArgs
-    from kit.spec import load_spec as load
-    from kit.targets import setup
-    from kit.train import TrainArgs
-    spec = load(papers)
-    _, rows, model, _ = setup(spec, "Keywords", ModelArgs(model=tiny_llama), TrainArgs(max_steps=2, batch_size=8))
+    from kit.models.registry import load_model, make_model
+    from kit.tasks.columns import column_of
+    column = column_of(load(papers), "Keywords")
+    rows, frame = column.rows("train")
+    model = make_model(column.estimator_task(frame), ModelArgs(model=tiny_llama), TrainArgs(max_steps=2, batch_size=8))
     assert isinstance(model, KeywordWriter) and model.args.head == "generate"
     model.fit(rows)
     assert model.count == 2 and 4 < model.max_new_tokens <= 160
     # the answer the model learns: the keywords joined by the training column's separator
     assert model.tokenizer.decode(model._answer_ids(["a b", "c"])[:-1]) == "a b; c"
     answers = iter(["graph; graph; Node", "", "This is a sentence that goes on and on without any end at all"] * 9)
-    monkeypatch.setattr("kit.predict.generate_texts", lambda *a, **k: [next(answers) for _ in range(len(a[2]))])
+    monkeypatch.setattr("kit.models.keywords.generate_texts", lambda *a, **k: [next(answers) for _ in range(len(a[2]))])
     prediction = model.predict(rows.subset(range(6)))
     assert prediction.keywords[0] == ["graph", "Node"]                   # duplicates removed
     assert prediction.decided == [GENERATE, FALLBACK, FALLBACK] * 2      # empty or rambling: the extractor

@@ -10,45 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
-
+from cli import TFIDF, ok, one_line_error, runs_of
 from conftest import write_spec, write_toy_competition
-from kit import cv as kit_cv
-from kit import pipeline
-from kit.cli import main
-from kit.models import ModelArgs, Task, load_model, make_model
-from kit.runs import load_run
-from kit.spec import load_spec
-from kit.train import TrainArgs
 
-TFIDF = ["--model", "tfidf"]
-
-
-def kit(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def ok(*args):
-    code, output = kit(*args)
-    assert code == 0, output
-    return output
-
-
-def one_line_error(*args):
-    code, output = kit(*args)
-    assert code == 2 and output.startswith("error: ") and output.count("\n") == 1, output
-    return output
-
-
-def runs_of(root):
-    return sorted(p for p in (Path(root) / "runs").iterdir() if (p / "run.json").exists())
-
-
-@pytest.fixture
-def here(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.inputs.data import load_rows
+from kit.inputs.spec import load_spec
+from kit.inputs.tasks import Task
+from kit.models.registry import load_model, make_model
+from kit.runs.folder import load_run
+from kit.workflows import cv as kit_cv
+from kit.workflows import predict as pipeline
 
 
 class Marker:
@@ -67,6 +39,7 @@ class Exploding:
 
     def __init__(self, model):
         self.model, self.model_id, self.calls = model, model.model_id, 0
+        self.prediction_type, self.whole_split = model.prediction_type, model.whole_split
 
     def predict(self, rows, mode="score", **kwargs):
         self.calls += 1
@@ -90,7 +63,7 @@ def test_predict_never_resumes_chunks_of_an_older_model(here, monkeypatch):
     fresh = ok("predict", "--spec", spec_path) and (run / "predictions-test.csv").read_text()
     monkeypatch.setattr(pipeline, "PREDICT_CHUNK", 4)
     spec = load_spec(spec_path)
-    rows = pipeline.load_rows(spec, "test")[0]
+    rows = load_rows(spec, "test")[0]
     progress = run / ".predict-test-score.progress.json"
     with pytest.raises(RuntimeError):
         pipeline.predict_resumable(Exploding(load_model(run / "model")), rows, "score", progress)
@@ -109,7 +82,7 @@ def test_another_chunk_size_starts_fresh_instead_of_crashing(here, monkeypatch):
     ok("train", "--spec", spec_path, *TFIDF)
     (run,) = runs_of(here)
     model = load_model(run / "model")
-    rows = pipeline.load_rows(load_spec(spec_path), "test")[0]
+    rows = load_rows(load_spec(spec_path), "test")[0]
     progress = run / ".predict-test-score.progress.json"
     with pytest.raises(RuntimeError):
         pipeline.predict_resumable(Exploding(model), rows, "score", progress, chunk=3)
@@ -209,7 +182,7 @@ def test_threshold_oof_refuses_scores_of_other_settings(here):
 
 def test_a_fold_checkpoint_of_other_settings_is_not_resumed(tiny_llama, toy, tmp_path):
     spec = load_spec(toy)
-    rows = pipeline.load_rows(spec, "train")[0]
+    rows = load_rows(spec, "train")[0]
     args = TrainArgs(max_steps=2, batch_size=8, checkpoint_every=1)
     checkpoint = tmp_path / "fold.ckpt"
 
@@ -286,7 +259,7 @@ def test_a_crafted_npz_with_objects_is_refused(here):
 
 
 def test_a_crafted_checkpoint_never_runs(here):
-    from kit.train import load_checkpoint
+    from kit.engine.loop import load_checkpoint
     marker = here / "pwned"
     torch.save({"key": "k", "payload": Marker(marker)}, here / "checkpoint.pt")
     parameter = torch.nn.Parameter(torch.zeros(2))
@@ -300,7 +273,7 @@ def test_trust_remote_code_comes_from_the_command_line_only(here, tiny_llama):
     spec_path = write_toy_competition(here)
     spec = load_spec(spec_path)
     model = make_model(Task.from_spec(spec), ModelArgs(model=tiny_llama), TrainArgs(max_steps=1, batch_size=8))
-    model.fit(pipeline.load_rows(spec, "train")[0]).save(here / "saved")
+    model.fit(load_rows(spec, "train")[0]).save(here / "saved")
     state = json.loads((here / "saved" / "kit_model.json").read_text())
     state["args"]["trust_remote_code"] = True
     state["trust_remote_code"] = True

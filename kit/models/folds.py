@@ -16,21 +16,36 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
-from ..errors import KitError
-from .base import Prediction
+from kit.core.errors import KitError
+from kit.models.base import MODEL_FILE, Prediction
 
 ADAPTER = Path("adapter") / "adapter_model.safetensors"
 
 
 class FoldEnsemble:
     """Predicts with every fold model and averages their probabilities."""
+    prediction_type = Prediction
+    whole_split = False
 
     def __init__(self, models, paths):
         self.models, self.paths = models, [str(p) for p in paths]
         self.task = models[0].task
         ids = [m.model_id or "" for m in models]
         self.model_id = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+    generates = False             # the mean of the folds' probabilities decides, never one model's answer
+    answer_tokens = None
+
+    def encode(self, rows):
+        return None               # each fold model encodes its own rows (few-shot prompts differ by fold)
+
+    def without_state_cache(self):
+        for model in self.models:
+            model.without_state_cache()
+        return self
 
     def predict(self, rows, mode="score", **kwargs):
         parts = [model.predict(rows, mode, **kwargs) for model in self.models]
@@ -46,12 +61,11 @@ class FoldEnsemble:
 def merge_fold_adapters(fold_dirs, target):
     """Average the fold adapters' tensors (LoRA A and B, the trained head) into target, a copy
     of the first fold's model folder. Returns target."""
-    from safetensors.torch import load_file, save_file
     states = []
     for directory in fold_dirs:
         path = Path(directory) / ADAPTER
         if not path.is_file():
-            raise KitError(f"{directory}: no LoRA adapter to merge (--merge-folds needs LoRA fold models, "
+            raise KitError(f"{directory}: no LoRA adapter to merge (--models merged needs LoRA fold models, "
                            "not TF-IDF or full fine-tunes)")
         states.append(load_file(path))
     config_name = ADAPTER.parent / "adapter_config.json"
@@ -59,17 +73,17 @@ def merge_fold_adapters(fold_dirs, target):
     if config.get("use_dora"):
         raise KitError(f"{fold_dirs[0]}: --models merged cannot stack DoRA adapters (their magnitudes do not add)")
     if any(state.keys() != states[0].keys() for state in states):
-        raise KitError("--merge-folds: the fold adapters have different weights; were they made by one run?")
+        raise KitError("--models merged: the fold adapters have different weights; were they made by one run?")
     merged = {name: _merged_tensor(name, [state[name].float() for state in states]) for name in states[0]}
     staging = Path(target).with_name(Path(target).name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(fold_dirs[0], staging)
     save_file({k: v.to(states[0][k].dtype).contiguous() for k, v in merged.items()}, staging / ADAPTER)
     (staging / config_name).write_text(json.dumps(_stacked_config(config, len(states)), indent=2))
-    state = json.loads((staging / "kit_model.json").read_text())
-    ids = [json.loads((Path(d) / "kit_model.json").read_text()).get("model_id") for d in fold_dirs]
+    state = json.loads((staging / MODEL_FILE).read_text())
+    ids = [json.loads((Path(d) / MODEL_FILE).read_text()).get("model_id") for d in fold_dirs]
     state["model_id"] = hashlib.sha256(json.dumps(["merged: stacked ranks", ids]).encode()).hexdigest()[:16]
-    (staging / "kit_model.json").write_text(json.dumps(state, indent=2))
+    (staging / MODEL_FILE).write_text(json.dumps(state, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return Path(target)
@@ -78,7 +92,6 @@ def merge_fold_adapters(fold_dirs, target):
 def _merged_tensor(name, tensors):
     """lora_A: stacked (rows); lora_B: stacked (columns) over K, so B'A' = mean_k B_k A_k; any
     other tensor (the trained head): the plain mean."""
-    import torch
     if ".lora_A." in name or ".lora_embedding_A" in name:
         return torch.cat(tensors, 0)
     if ".lora_B." in name or ".lora_embedding_B" in name:

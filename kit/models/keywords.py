@@ -12,12 +12,20 @@ Keywords and labels come from two models: the label's default head is a classifi
 which cannot write text, and the keyword model is trained on a different answer.
 """
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
-from ..logs import log
-from .base import EMBEDDED_ENCODER, TFIDF, Estimator, ModelArgs, Task
-from .transformer import TransformerModel
+from kit.core.logs import log
+from kit.core.settings import EMBEDDED_ENCODER, TFIDF, ModelArgs
+from kit.engine import losses
+from kit.engine.inference import generate_texts
+from kit.engine.prompts import end_of_turn
+from kit.evaluation.keywords import parse_answer
+from kit.inputs.tasks import KeywordTask
+from kit.models.base import Estimator, Rowwise
+from kit.models.extractors import MiniLMExtractor, TfidfExtractor
+from kit.models.transformer import TransformerModel, _quiet_transformers
 
 EXTRACT, GENERATE, FALLBACK = "extract", "generate", "fallback"
 DEFAULT_COUNT = 5
@@ -25,27 +33,12 @@ MAX_ANSWER_TOKENS = 160      # a training answer longer than this is cut (and so
 
 
 @dataclass
-class KeywordTask(Task):
-    """The task of a keyword column: an instruction, how the list is written, how long it is."""
-    words: list = field(default_factory=list)    # no label words
-    separator: str = "; "
-    count: int = None           # how many an extractor writes; None: learned in fit (median of the answers)
-    max_count: int = 10
-    extractor: str = EMBEDDED_ENCODER
-
-    @classmethod
-    def from_target(cls, target_spec, separator):
-        target = target_spec.target
-        return cls(instruction=target_spec.instruction, max_length=target_spec.max_length, separator=separator,
-                   count=target["count"], max_count=target["max_count"], extractor=target["extractor"])
-
-
-@dataclass
-class KeywordPrediction:
+class KeywordPrediction(Rowwise):
     keywords: list              # per row: a list of keyword strings
     decided: list               # per row: "extract", "generate" or "fallback"
     answers: list = None        # the LLM road: the raw generated text per row
     stats: dict = field(default_factory=dict)
+    ROW_FIELDS = ("keywords", "decided", "answers")
 
 
 def learned_count(task, answers):
@@ -60,6 +53,8 @@ class KeywordExtractor(Estimator):
     """Roads 1 (tfidf) and 2 (minilm): unsupervised extraction from the row's text."""
     kind = "keywords-extract"
     task_type = KeywordTask
+    prediction_type = KeywordPrediction
+    whole_split = True          # TF-IDF weights over the split's texts: one piece
 
     def __init__(self, task, args=None, train_args=None, trust_remote_code=False):
         super().__init__(task, args or ModelArgs(model=task.extractor), train_args, trust_remote_code)
@@ -76,8 +71,6 @@ class KeywordExtractor(Estimator):
         return self
 
     def extract(self, texts):
-        from ..keywords import MiniLMExtractor, TfidfExtractor
-        from .transformer import _quiet_transformers
         if self._road is None:
             _quiet_transformers()
             self._road = TfidfExtractor() if self.args.model == TFIDF else MiniLMExtractor()
@@ -88,7 +81,6 @@ class KeywordExtractor(Estimator):
         return KeywordPrediction(self.extract(rows.texts), [EXTRACT] * len(rows), stats={"rows": len(rows)})
 
     def save(self, directory):
-        from pathlib import Path
         self._require_fitted("save")
         Path(directory).mkdir(parents=True, exist_ok=True)
         self._write_model_file(directory, **self.learned_state())
@@ -108,6 +100,7 @@ class KeywordWriter(TransformerModel):
     """Road 3: the LLM writes the keyword list (LoRA, generative head)."""
     kind = "keywords-llm"
     task_type = KeywordTask
+    prediction_type = KeywordPrediction
 
     def __init__(self, task, args=None, train_args=None, trust_remote_code=False):
         args = replace(args or ModelArgs(), head="generate")    # the answer is text: only this head writes it
@@ -124,21 +117,16 @@ class KeywordWriter(TransformerModel):
         return super().fit(rows.subset(keep), checkpoint, resume, encoded, checkpoint_key)
 
     def _answer_ids(self, keywords):
-        from ..prompts import end_of_turn
         text = self.task.separator.join(keywords)
         return self.tokenizer(text, add_special_tokens=False).input_ids[:MAX_ANSWER_TOKENS] + [end_of_turn(self.tokenizer)]
 
     def _training_pairs(self, model, ids, rows):
-        from .. import train
         targets = [self._answer_ids(keywords) for keywords in rows.labels]
         # room for the long answers seen in training, not a fixed budget: generation is the cost
         self.max_new_tokens = int(min(MAX_ANSWER_TOKENS, np.percentile([len(t) for t in targets], 98) * 1.25 + 4))
-        return [s + t for s, t in zip(ids, targets)], targets, train.AnswerLoss(model)
+        return [s + t for s, t in zip(ids, targets)], targets, losses.AnswerLoss(model)
 
     def predict(self, rows, mode=None, encoded=None):
-        from ..keywords import parse_answer
-        from ..predict import generate_texts
-        from ..prompts import end_of_turn
         self._require_fitted("predict")
         ids, stats = encoded if encoded else self.encode(rows)
         answers = generate_texts(self.model, self.tokenizer, ids, self.tokenizer.pad_token_id,

@@ -2,37 +2,71 @@
 head, fine-tuned with LoRA (or fully when lora_r == 0)."""
 
 import contextlib
+import pickle
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+)
+from transformers.utils import logging as hf_logging
 
-from ..errors import KitError
-from ..logs import log
-from ..prompts import PromptEncoder, answer_ids, first_tokens_differ
-from .base import HEADS, Estimator, Prediction
-from .embedded import remote_code_guard, resolve_model
+from kit.core.errors import KitError, remote_code_guard
+from kit.core.logs import log
+from kit.core.settings import HEADS
+from kit.engine import loop, losses
+from kit.engine.device import (
+    available_memory_bytes,
+    check_memory,
+    cuda_info,
+    estimate_peak,
+    model_shape,
+    require_quantization,
+    resolve,
+)
+from kit.engine.frozen import FrozenBottom
+from kit.engine.inference import (
+    FALLBACK,
+    GENERATE,
+    SCORE,
+    answer_scores,
+    classify_proba,
+    generate_labels,
+    is_decoder,
+    score_labels,
+)
+from kit.engine.loop import autocast_and_scaler
+from kit.engine.prompts import PromptEncoder, answer_ids, first_tokens_differ
+from kit.engine.states import DiskStates, MemoryStates
+from kit.models.base import Estimator, Prediction
+from kit.models.embedded import base_identity, resolve_model
 
 
 def _quiet_transformers():
     """Load reports and per-weight progress bars drown the kit's own progress; keep errors."""
-    import warnings
-    from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
-def _device():
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _device(choice="auto"):
+    return "cuda" if cuda_info(choice) else "cpu"
 
 
 def _weights_dtype(precision, device, full_fine_tune):
     """Frozen weights in half precision on a GPU; fp32 on a CPU (bf16 matmuls are slower than
     fp32 there without AMX; bf16/fp16 then run as autocast). Weights that train stay fp32 (AdamW
     steps round away in bf16, and the fp16 gradient scaler cannot unscale fp16 gradients)."""
-    import torch
     if device == "cpu" or precision == "fp32" or full_fine_tune:
         return torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float16
@@ -40,7 +74,6 @@ def _weights_dtype(precision, device, full_fine_tune):
 
 def _supports_sdpa(config):
     """Whether the architecture has an SDPA path (Gemma-2 does not: it soft-caps the logits)."""
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
     cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     return getattr(cls, "_supports_sdpa", True) if cls is not None else True
 
@@ -60,10 +93,17 @@ class TransformerModel(Estimator):
     def fitted(self):
         return self.model is not None
 
+    @property
+    def generates(self):
+        return self.args.head == "generate"
+
+    @property
+    def answer_tokens(self):
+        return getattr(self, "answers", None) if self.generates else None
+
     def resolve_args(self):
         """Concrete values for the `auto` settings on this device, logged as the run's plan."""
-        from ..device import cuda_info, resolve
-        cuda = cuda_info()
+        cuda = cuda_info(self.args.device)
         needs_shape = cuda is not None and self.args.gradient_checkpointing == "auto"
         shape = self._shape() if needs_shape else None
         auto_attention = self.args.attention == "auto"
@@ -80,7 +120,6 @@ class TransformerModel(Estimator):
 
     def _shape(self):
         """The model's parameter counts (built once, on the meta device)."""
-        from ..device import model_shape
         if not hasattr(self, "shape"):
             try:
                 self.shape = model_shape(self.path, self.trust_remote_code)
@@ -91,12 +130,10 @@ class TransformerModel(Estimator):
 
     def check_memory(self, batch_size):
         """Refuse before loading anything when the estimated peak would not fit."""
-        from ..device import check_memory, cuda_info, estimate_peak
-        from ..train import available_memory_bytes
         shape = self._shape()
         if shape is None or not self.decoder:
             return None
-        cuda = cuda_info()
+        cuda = cuda_info(self.args.device)
         parts = estimate_peak(shape, self.args, batch_size, self.task.max_length, cuda is not None)
         capacity = cuda["total_bytes"] if cuda else available_memory_bytes()
         return check_memory(parts, capacity, cuda["name"] if cuda else "this machine's free memory")
@@ -107,8 +144,7 @@ class TransformerModel(Estimator):
         run tokenises every row once before any fold loads weights."""
         if self.tokenizer is not None:
             return
-        from transformers import AutoConfig, AutoTokenizer
-        from ..predict import is_decoder
+
         _quiet_transformers()
         remote = self.trust_remote_code
         config = remote_code_guard(self.args.model, AutoConfig.from_pretrained, self.path, trust_remote_code=remote)
@@ -127,13 +163,11 @@ class TransformerModel(Estimator):
             self.answers = answer_ids(tokenizer, self.task.words)
 
     def _load_base(self):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
         self._prepare_text()
         if "auto" in (self.args.precision, self.args.attention, self.args.lora_layers,
                       self.args.gradient_checkpointing):
             self.resolve_args()
-        device = _device()
+        device = _device(self.args.device)
         dtype = _weights_dtype(self.args.precision, device, not self.args.lora_r)
         torch.manual_seed(self.train_args.seed)   # the classification head's initial weights
         common = {"trust_remote_code": self.trust_remote_code, "dtype": dtype,
@@ -153,9 +187,7 @@ class TransformerModel(Estimator):
 
     def _quantization(self, device):
         """NF4 with double quantisation (QLoRA), computing in bf16/fp16 on a GPU, fp32 on a CPU."""
-        import torch
-        from transformers import BitsAndBytesConfig
-        from ..device import require_quantization
+
         require_quantization(self.args.quantize, device == "cuda")
         compute = torch.float32 if device == "cpu" else (torch.float16 if self.args.precision == "fp16"
                                                          else torch.bfloat16)
@@ -165,7 +197,6 @@ class TransformerModel(Estimator):
                                   bnb_4bit_compute_dtype=compute)
 
     def _add_lora(self, model):
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         if self.args.quantize:    # norms in fp32, inputs that carry gradients: peft's k-bit recipe
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=bool(self.args.gradient_checkpointing),
@@ -199,7 +230,6 @@ class TransformerModel(Estimator):
                      "truncated_rows": truncated}
 
     def fit(self, rows, checkpoint=None, resume=False, encoded=None, checkpoint_key=None):
-        from .. import train
         if self.task.few_shot:
             # examples from this fit's training rows only (a CV fold's): the prompt is this model's own,
             # so rows encoded by the caller with the bare instruction are encoded again
@@ -222,21 +252,19 @@ class TransformerModel(Estimator):
             f"{stats['truncated_rows']} truncated to {self.task.max_length}")
         sequences, targets, module = self._training_pairs(model, ids, rows)
         source = self.state_source()
-        self.loss_log = train.fit(module, sequences, targets, self.tokenizer.pad_token_id, self.train_args,
+        self.loss_log = loop.fit(module, sequences, targets, self.tokenizer.pad_token_id, self.train_args,
                                   checkpoint=checkpoint, resume=resume, left_pad=self.decoder,
                                   checkpoint_key=checkpoint_key, precision=self.args.precision,
-                                  data_parallel=self.data_parallel, state_source=source)
+                                  data_parallel=self.data_parallel, state_source=source, on_step=self.on_step)
         self.model = model.eval()
         self.train_stats = {**stats, **_frozen_stats(source.last)}
         self._fitted_now()
         return self
 
     def state_source(self):
-        """Where the frozen lower blocks' states come from (kit/states.py): the disk cache shared
+        """Where the frozen lower blocks' states come from (kit/engine/states.py): the disk cache shared
         by every fit and prediction from the same base model, or (--no-state-cache) this call's
         own pass."""
-        from ..states import DiskStates, MemoryStates
-        from .embedded import base_identity
         budget = int(self.train_args.frozen_cache_gb * 2**30)
         if not self.train_args.state_cache:
             return MemoryStates(budget, self.args.frozen_states)
@@ -253,7 +281,6 @@ class TransformerModel(Estimator):
         None where that does not hold (full fine-tunes, k-bit bases, encoders) or without the disk
         cache (--no-state-cache, kit serve: the full pass with the prefix KV cache costs less than
         states computed for one prediction and dropped)."""
-        from ..train import FrozenBottom
         layers = self.config.get_text_config().num_hidden_layers
         lora_layers = self.args.lora_layers if isinstance(self.args.lora_layers, int) else 0
         if not (self.train_args.state_cache and self.decoder and self.args.lora_r and 0 < lora_layers < layers
@@ -270,26 +297,25 @@ class TransformerModel(Estimator):
     def _training_pairs(self, model, ids, rows):
         """(token sequences, targets, the loss module): the generative head's answers follow
         their prompts; the classification head's targets are the label indices. With the levers
-        (kit/levers.py: soft pseudo-labels, a teacher's probabilities) each target is a RowTarget
+        (kit/workflows/levers.py: soft pseudo-labels, a teacher's probabilities) each target is a RowTarget
         and the loss the lever-aware module; without them, exactly the plain losses."""
-        from .. import train
-        soft, teacher = getattr(rows, "soft", None), getattr(rows, "teacher", None)
+        soft, teacher = rows.soft, rows.teacher
         if self.args.head == "generate":
             targets = [self.answers[label] for label in rows.labels]
             sequences = [s + t for s, t in zip(ids, targets)]
             self.check_levers(soft is not None, teacher is not None)
             if teacher is None:
-                return sequences, targets, train.AnswerLoss(model)
-            loss = train.DistillAnswerLoss(model, [a[0] for a in self.answers], self.train_args.kl_weight,
+                return sequences, targets, losses.AnswerLoss(model)
+            loss = losses.DistillAnswerLoss(model, [a[0] for a in self.answers], self.train_args.kl_weight,
                                            self.train_args.temperature)
-            return sequences, [train.RowTarget(t, p) for t, p in zip(targets, teacher)], loss
+            return sequences, [losses.RowTarget(t, p) for t, p in zip(targets, teacher)], loss
         weights = self._class_weights(rows.labels) if self.train_args.class_weights else None
         if soft is None and teacher is None:
-            return ids, list(rows.labels), train.ClassifyLoss(model, weights)
+            return ids, list(rows.labels), losses.ClassifyLoss(model, weights)
         labels = [y if s is None else s for y, s in zip(rows.labels, soft or [None] * len(rows))]
-        targets = [train.RowTarget(y, p) for y, p in zip(labels, teacher or [None] * len(rows))]
+        targets = [losses.RowTarget(y, p) for y, p in zip(labels, teacher or [None] * len(rows))]
         kl_weight = self.train_args.kl_weight if teacher is not None else 0.0
-        return ids, targets, train.SoftClassifyLoss(model, weights, kl_weight, self.train_args.temperature)
+        return ids, targets, losses.SoftClassifyLoss(model, weights, kl_weight, self.train_args.temperature)
 
     def check_levers(self, soft, teacher):
         """The generate head learns answer tokens: no soft targets; it distils over the label
@@ -308,13 +334,11 @@ class TransformerModel(Estimator):
                            "or [task] label_words that start differently")
 
     def _class_weights(self, labels):
-        import torch
         counts = np.bincount(labels, minlength=len(self.task.words)).astype(float)
         weights = len(labels) / (len(counts) * np.maximum(counts, 1))
         return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
     def predict(self, rows, mode="score", encoded=None):
-        from ..train import autocast_and_scaler
         self._require_fitted("predict")
         ids, stats = encoded if encoded and not self.task.examples else self.encode(rows)
         # the trained weights (LoRA, the classification head) are fp32 beside bf16/fp16 frozen
@@ -324,7 +348,6 @@ class TransformerModel(Estimator):
             return self._predict(ids, stats, mode)
 
     def _predict(self, ids, stats, mode):
-        from ..predict import FALLBACK, GENERATE, SCORE, classify_proba, generate_labels
         pad, size = self.tokenizer.pad_token_id, self.args.predict_batch_size
         self.predict_frozen = {}
         if self.args.head == "classify":
@@ -345,7 +368,6 @@ class TransformerModel(Estimator):
     def _label_scores(self, ids):
         """One pass over the label words' first tokens when they differ (the fast path), whole
         answers otherwise."""
-        from ..predict import answer_scores, score_labels
         pad, size = self.tokenizer.pad_token_id, self.args.predict_batch_size
         if first_tokens_differ(self.answers):
             firsts = [a[0] for a in self.answers]
@@ -381,17 +403,40 @@ class TransformerModel(Estimator):
         model = cls._from_state(state, trust_remote_code)
         # attention is chosen again for this machine (flash-attn may be missing here)
         model.args = replace(model.args, attention="auto")
-        if model.args.lora_r:
-            from peft import PeftModel
-            base = model._load_base()
-            model.model = PeftModel.from_pretrained(base, directory / "adapter")
-            if not model.args.quantize:          # k-bit weights are placed at load time
-                model.model = model.model.to(model.device)
-            model.model.eval()
-        else:
-            model.path = str(directory / "model")
-            model.model = model._load_base().eval()
+        weights = saved_weights(directory, model.args)      # before anything opens a weight file
+        try:
+            if model.args.lora_r:
+                base = model._load_base()
+                model.model = PeftModel.from_pretrained(base, weights)
+                if not model.args.quantize:          # k-bit weights are placed at load time
+                    model.model = model.model.to(model.device)
+                model.model.eval()
+            else:
+                model.path = str(weights)
+                model.model = model._load_base().eval()
+        except pickle.UnpicklingError:       # a base model's pickled .bin that torch's weights_only load refuses
+            raise KitError(f"{directory}: its base model {model.path} has pickled weights that cannot be loaded "
+                           "safely; only safetensors weights are loaded") from None
         return model
+
+
+# what a saved folder may hold instead of safetensors: pickles, which can run code when loaded
+_PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def saved_weights(directory, args):
+    """The folder of a saved model's weights (adapter/ for LoRA, model/ for a full fine-tune),
+    refused in one line unless it holds safetensors weights: a run folder from someone else may
+    hold pytorch_model.bin or adapter_model.bin, and nothing in a run folder is unpickled."""
+    weights = Path(directory) / ("adapter" if args.lora_r else "model")
+    names = sorted(p.name for p in weights.iterdir() if p.is_file()) if weights.is_dir() else []
+    if any(name.endswith(".safetensors") for name in names):
+        return weights
+    pickled = [name for name in names if name.endswith(_PICKLED_WEIGHTS)]
+    if pickled:
+        raise KitError(f"{weights}: holds {pickled[0]} and no safetensors weights; only safetensors weights are "
+                       "loaded from a run folder (a .bin is a pickle, which can run code)")
+    raise KitError(f"{weights}: no safetensors weights; not a model the kit saved (retrain it)")
 
 
 def _frozen_stats(counts):

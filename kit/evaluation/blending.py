@@ -1,0 +1,167 @@
+"""Blend weights as pure functions: points of the simplex fitted on OOF probabilities (log loss, or a grid
+on a non-smooth metric), and how a blend is scored."""
+import itertools
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from kit.evaluation.metrics import decide, metric_info, metric_value, tune_threshold
+
+NON_SMOOTH = ("f1", "macro_f1", "accuracy")          # metrics worth a direct search over weights
+
+
+GRID_STEPS = {2: 0.02, 3: 0.05, 4: 0.1}              # simplex grid step by number of runs (<= 4)
+
+
+EPS = 1e-15
+
+
+def evaluate(metric, truth, blended):
+    """{at_half, tuned, threshold, score}: score is what blends are compared by (two labels and a
+    metric over labels: the metric at the threshold tuned on these rows, as the submission will be
+    decided; a metric over probabilities or rankings: the metric itself, no threshold)."""
+    at_half = metric_value(metric, truth, decide(blended, None, 0.5), blended)
+    if blended.shape[1] != 2 or metric_info(metric).needs != "labels":
+        return {"at_half": at_half, "tuned": None, "threshold": None, "score": at_half}
+    threshold, tuned = tune_threshold(truth, blended[:, 1], metric)
+    return {"at_half": at_half, "tuned": tuned, "threshold": threshold, "score": tuned}
+
+
+def _best_over_thresholds(metric, truth, positive):
+    """Binary: the metric's best value over every threshold at once (one ROC sweep), for the
+    grid search; tune_threshold scores one threshold per call and would be slow on a grid."""
+    if len(set(truth.tolist())) < 2:
+        return metric_value(metric, truth, (positive >= 0.5).astype(int))
+    fpr, tpr, _ = roc_curve(truth, positive, drop_intermediate=False)
+    pos, neg = truth.sum(), len(truth) - truth.sum()
+    tp, fp = tpr * pos, fpr * neg
+    fn, tn = pos - tp, neg - fp
+    f1_pos = 2 * tp / np.maximum(2 * tp + fp + fn, EPS)
+    if metric == "f1":
+        return float(f1_pos.max())
+    if metric == "accuracy":
+        return float(((tp + tn) / len(truth)).max())
+    return float(((f1_pos + 2 * tn / np.maximum(2 * tn + fn + fp, EPS)) / 2).max())   # macro_f1
+
+
+def _grid_score(metric, truth, blended):
+    if blended.shape[1] == 2:
+        return _best_over_thresholds(metric, truth, blended[:, 1])
+    return metric_value(metric, truth, blended.argmax(1))
+
+
+def _true_probs(truth, probs):
+    """rows x runs: each run's probability of the true label; all that log loss looks at."""
+    return np.stack([p[np.arange(len(truth)), truth] for p in probs], axis=1)
+
+
+def log_loss(weights, true_probs):
+    return float(-np.mean(np.log(np.clip(true_probs @ weights, EPS, None))))
+
+
+def _log_loss_grad(weights, true_probs):
+    return -np.mean(true_probs / np.clip(true_probs @ weights, EPS, None)[:, None], axis=0)
+
+
+def project_simplex(v):
+    """The closest point of {w >= 0, sum w = 1} to v (Duchi et al. 2008, sort-based)."""
+    u = np.sort(v)[::-1]
+    cumulative = np.cumsum(u) - 1
+    rho = np.nonzero(u * np.arange(1, len(v) + 1) > cumulative)[0][-1]
+    return np.maximum(v - cumulative[rho] / (rho + 1), 0)
+
+
+def _projected_gradient(true_probs, steps=2000):
+    """Without scipy: projected gradient descent with a backtracking step (log loss is convex
+    in the weights, so this reaches the same optimum as SLSQP, only slower)."""
+    w = np.full(true_probs.shape[1], 1 / true_probs.shape[1])
+    step, loss = 1.0, log_loss(w, true_probs)
+    for _ in range(steps):
+        grad = _log_loss_grad(w, true_probs)
+        while step > 1e-12:
+            candidate = project_simplex(w - step * grad)
+            new = log_loss(candidate, true_probs)
+            if new <= loss - 1e-4 * grad @ (w - candidate):
+                break
+            step /= 2
+        else:
+            break
+        if np.abs(candidate - w).max() < 1e-9:
+            w = candidate
+            break
+        w, loss, step = candidate, new, step * 2
+    return w
+
+
+def _slsqp(true_probs):
+    from scipy.optimize import minimize
+    k = true_probs.shape[1]
+    result = minimize(log_loss, np.full(k, 1 / k), args=(true_probs,), jac=_log_loss_grad, method="SLSQP",
+                      bounds=[(0.0, 1.0)] * k, options={"maxiter": 500, "ftol": 1e-12},
+                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(k)}])
+    return result.x if result.success else None
+
+
+def _on_simplex(w):
+    w = np.clip(np.asarray(w, float), 0, None)    # SLSQP may leave -1e-17; the blend needs exact >= 0
+    return w / w.sum()
+
+
+def fit_log_loss(truth, probs):
+    """(weights, how): the simplex weights of least OOF log loss."""
+    true_probs = _true_probs(truth, probs)
+    try:
+        import scipy  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        return _on_simplex(_projected_gradient(true_probs)), "log loss (projected gradient)"
+    weights = _slsqp(true_probs)
+    if weights is None:      # SLSQP gave up (it happens on near-degenerate inputs)
+        return _on_simplex(_projected_gradient(true_probs)), "log loss (projected gradient)"
+    return _on_simplex(weights), "log loss (SLSQP)"
+
+
+def simplex_grid(k, step):
+    """Every weight vector of k non-negative multiples of step summing to 1."""
+    n = int(round(1 / step))
+    for cuts in itertools.combinations(range(n + k - 1), k - 1):      # stars and bars
+        parts = np.diff([-1, *cuts, n + k - 1]) - 1
+        yield parts / n
+
+
+def fit_grid(metric, truth, probs):
+    """(weights, how): the coarse-grid point of best OOF metric (non-smooth metrics, <= 4 runs)."""
+    step = GRID_STEPS[len(probs)]
+    best, best_score = None, -np.inf
+    for weights in simplex_grid(len(probs), step):
+        score = _grid_score(metric, truth, combine(probs, weights))
+        if score > best_score + 1e-12:
+            best, best_score = weights, score
+    return best, f"{metric} grid (step {step:g})"
+
+
+def fit_weights(metric, truth, probs):
+    """(weights, how, evaluation, tried): the log-loss weights; for non-smooth metrics (<= 4 runs) also
+    the best grid point; each run alone as a last resort. Kept: the best OOF metric, the
+    log-loss weights on ties (they are the smoother, less overfitted choice)."""
+    candidates = [fit_log_loss(truth, probs)]
+    if metric in NON_SMOOTH and len(probs) in GRID_STEPS:
+        candidates.append(fit_grid(metric, truth, probs))
+    candidates += [(np.eye(len(probs))[i], f"run {i + 1} alone") for i in range(len(probs))]
+    best, tried = None, []
+    for weights, how in candidates:
+        result = evaluate(metric, truth, combine(probs, weights))
+        tried.append({"how": how, "weights": [round(float(w), 6) for w in weights], "score": result["score"]})
+        if best is None or _beats(metric, result["score"], best[2]["score"]):
+            best = (weights, how, result)
+    return (*best, tried)
+
+
+def _beats(metric, score, best):
+    """score beats best by more than rounding, in the metric's direction (NaN never beats)."""
+    info = metric_info(metric)
+    return info.better(score, best + (1e-12 if info.higher_is_better else -1e-12))
+
+
+def combine(probs, weights):
+    """The weighted average of the runs' probabilities (rows x labels)."""
+    return np.tensordot(np.asarray(weights, float), np.stack(probs), axes=1)

@@ -1,0 +1,170 @@
+"""Scores as plain functions over label indices and probabilities (scikit-learn underneath), and
+the registry of what each metric is: its direction, what it scores, the labels it fits."""
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn import metrics as sk
+
+CLIP = 1e-15            # log loss clips probabilities to [CLIP, 1 - CLIP], as Kaggle's metric does
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a competition's metric scores. needs: "labels" (one decided label per row: a threshold
+    can be tuned for it), "probabilities" (a probability per label: no threshold), "ranking" (the
+    labels best first, k of them)."""
+    name: str
+    higher_is_better: bool
+    needs: str
+    binary_only: bool = False
+    k: int = None
+
+    def better(self, a, b):
+        """Whether score a beats score b."""
+        return a > b if self.higher_is_better else a < b
+
+    def sort_key(self, score):
+        """Sorting by this key puts the best score first."""
+        return -score if self.higher_is_better else score
+
+    def check_labels(self, count, where):
+        """A one-line reason this metric does not fit count labels (None: it fits)."""
+        if self.binary_only and count != 2:
+            return f"{where} metric: {self.name!r} needs two labels; use macro_f1 or logloss for {count}"
+        if self.k is not None and not 1 <= self.k <= count:
+            return f"{where} metric: {self.name!r} ranks {self.k} labels, the task has {count}"
+        return None
+
+
+REGISTRY = {
+    "f1": Metric("f1", True, "labels", binary_only=True),
+    "macro_f1": Metric("macro_f1", True, "labels"),
+    "accuracy": Metric("accuracy", True, "labels"),
+    "auc": Metric("auc", True, "probabilities"),
+    "logloss": Metric("logloss", False, "probabilities"),
+}
+METRIC_NAMES = (*REGISTRY, "map@K")
+MAP_AT = re.compile(r"map@([1-9][0-9]?)")
+
+
+def metric_info(name):
+    """The Metric of a name ("map@3" carries its k); None for a name the kit does not know."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    match = MAP_AT.fullmatch(str(name))
+    return Metric(name, True, "ranking", k=int(match.group(1))) if match else None
+
+
+def log_loss(truth, probs):
+    """Mean negative log probability of the true label, each row clipped to [CLIP, 1 - CLIP] and
+    renormalised to sum to 1 (Kaggle's multi-class log loss; binary is its two-column case)."""
+    p = np.clip(np.asarray(probs, float), CLIP, 1 - CLIP)
+    p = p / p.sum(1, keepdims=True)
+    return float(-np.mean(np.log(p[np.arange(len(p)), np.asarray(truth)])))
+
+
+def ranked(probs, k):
+    """The k most probable label indices per row, best first (ties: the earlier label)."""
+    return np.argsort(-np.asarray(probs, float), axis=1, kind="stable")[:, :k]
+
+
+def map_at_k(truth, top):
+    """Mean average precision at k with one true label per row: 1/rank of the true label among
+    the k listed (best first), 0 when it is not listed."""
+    truth, top = np.asarray(truth), np.asarray(top)
+    hits = top == truth[:, None]
+    rank = hits.argmax(1) + 1
+    return float(np.mean(np.where(hits.any(1), 1.0 / rank, 0.0)))
+
+
+def _auc(truth, probs):
+    if len(set(truth)) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(sk.roc_auc_score(truth, probs[:, 1]))
+    if len(set(truth)) < probs.shape[1]:
+        return float("nan")        # one-vs-rest needs every label among the rows
+    p = probs / probs.sum(1, keepdims=True)
+    return float(sk.roc_auc_score(truth, p, multi_class="ovr", labels=list(range(probs.shape[1]))))
+
+
+def decide(probs, parsed=None, threshold=None, positive=1):
+    """Label index per row: a parsed generated answer wins; otherwise the probabilities decide
+    (binary: P(positive) >= threshold; else the most probable label)."""
+    if threshold is not None and probs.shape[1] == 2:
+        labels = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+    else:
+        labels = probs.argmax(1)
+    if parsed is not None:
+        labels = np.where(np.asarray(parsed) >= 0, parsed, labels)
+    return labels
+
+
+def metric_value(name, truth, predicted, probs=None):
+    """The metric of rows: predicted label indices for label metrics, probs (rows x labels) for
+    the others."""
+    truth = np.asarray(truth)
+    info = metric_info(name)
+    if info is not None and info.needs == "ranking":
+        return map_at_k(truth, ranked(probs, info.k))
+    if name == "logloss":
+        return log_loss(truth, probs)
+    if name == "f1":
+        return float(sk.f1_score(truth, predicted, zero_division=0))
+    if name == "macro_f1":
+        return float(sk.f1_score(truth, predicted, average="macro", zero_division=0))
+    if name == "accuracy":
+        return float(sk.accuracy_score(truth, predicted))
+    if name == "auc":
+        return _auc(truth, np.asarray(probs, float))
+    raise ValueError(f"unknown metric {name!r}")
+
+
+def tune_threshold(truth, positive_probs, metric="f1"):
+    """The decision threshold that maximises the metric on these rows (OOF, never the test)."""
+    candidates = np.unique(np.round(positive_probs, 4))
+    if len(candidates) > 400:
+        candidates = np.quantile(positive_probs, np.linspace(0.0025, 0.9975, 400))
+    best = (metric_value(metric, truth, (positive_probs >= 0.5).astype(int)), 0.5)
+    for t in candidates:
+        score = metric_value(metric, truth, (positive_probs >= t).astype(int))
+        if score > best[0] + 1e-12:
+            best = (score, float(t))
+    return best[1], best[0]
+
+
+def report(truth, probs, label_names, metric, parsed=None, threshold=0.5):
+    """Everything a competitor looks at: the metric, accuracy, per-class P/R/F1, confusion."""
+    truth = np.asarray(truth)
+    binary = len(label_names) == 2
+    predicted = decide(probs, parsed, threshold if binary else None)
+    out = {"metric": metric, "rows": int(len(truth)),
+           metric: metric_value(metric, truth, predicted, probs),
+           "accuracy": metric_value("accuracy", truth, predicted),
+           "macro_f1": metric_value("macro_f1", truth, predicted)}
+    precision, recall, f1, support = sk.precision_recall_fscore_support(
+        truth, predicted, labels=range(len(label_names)), zero_division=0)
+    out["per_class"] = {name: {"precision": round(float(p), 4), "recall": round(float(r), 4),
+                               "f1": round(float(f), 4), "support": int(s)}
+                        for name, p, r, f, s in zip(label_names, precision, recall, f1, support)}
+    out["confusion"] = sk.confusion_matrix(truth, predicted, labels=range(len(label_names))).tolist()
+    if binary:
+        out["auc"] = metric_value("auc", truth, predicted, probs)
+        out["threshold"] = threshold
+    return out
+
+
+def format_report(result, label_names):
+    """A readable table of a report() result."""
+    metric = result["metric"]
+    lines = [f"{metric}: {result[metric]:.4f}   accuracy: {result['accuracy']:.4f}"
+             + (f"   AUC: {result['auc']:.4f}" if "auc" in result else "") + f"   rows: {result['rows']}"]
+    width = max(len(str(n)) for n in label_names) + 2
+    lines.append(f"{'label':<{width}} precision  recall     f1  support")
+    for name, row in result["per_class"].items():
+        lines.append(f"{name:<{width}} {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:6.4f} {row['support']:8d}")
+    lines.append("confusion (rows: true, columns: predicted): " + " ".join(map(str, label_names)))
+    for name, row in zip(label_names, result["confusion"]):
+        lines.append(f"  {name:<{width}}" + " ".join(f"{v:6d}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""`kit blend`: a weighted average of several runs' probabilities, weights fitted on their OOF rows.
+
+Runs blend only when their OOF rows come from the same folds (same ids in the same order, the
+same fold per row, the same fold settings) and the same spec: otherwise each row's OOF
+probabilities would come from models that saw different rows, and the fitted weights would
+mean nothing. The weights are non-negative and sum to 1 (a point of the simplex), so the blend
+is itself a probability per label. A blend is written as a folder under runs/ with the same
+oof.csv / predictions-<split>.csv columns as a run, so it can be blended again.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kit.core.errors import KitError
+from kit.core.files import atomic_write, write_json
+from kit.core.hashing import fingerprint
+from kit.evaluation.blending import combine, evaluate, fit_weights
+from kit.evaluation.metrics import decide
+from kit.inputs import submit
+from kit.inputs.data import id_key, load_rows, read_csv
+from kit.models.base import Prediction
+from kit.runs.folder import CONFIG, RUNS, Run, _spec_matches, check_run_name, check_trained_on, load_run, read_config
+from kit.tasks.columns import predicted_columns
+from kit.tasks.label import OOF_PREDICTED, LabelColumn
+from kit.workflows.predict import SUBMISSION, ColumnResult, build_submission, find_run, predict_column
+
+FOLD_SETTINGS = ("folds", "holdout", "fold_seed")
+
+
+# -- reading and checking the runs --------------------------------------------------------------
+
+def _cv_config(run):
+    if not run.cv_scores.is_file() or not run.oof.is_file():
+        raise KitError(f"run {run.name}: no OOF predictions ({run.oof}); run `python -m kit cv` with its settings first")
+    try:
+        return json.loads(run.cv_scores.read_text()).get("config") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise KitError(f"{run.cv_scores}: unreadable: {error}") from None
+
+
+def _oof(run, spec):
+    """(ids as written, truth indices, probs, fold) of a run's oof.csv."""
+    frame = read_csv(run.oof)
+    columns = ["id", "true", "fold", *(f"p_{label}" for label in spec.labels)]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KitError(f"{run.oof}: missing column(s) {missing}; run `python -m kit cv` again with its settings")
+    lookup = {label: i for i, label in enumerate(spec.labels)}
+    unknown = sorted(set(frame["true"]) - set(lookup))
+    if unknown:
+        raise KitError(f"{run.oof}: true label(s) {unknown[:3]} are not in the spec's labels {spec.labels}")
+    return (frame["id"].tolist(), np.array([lookup[t] for t in frame["true"]]),
+            _probs(frame, spec), frame["fold"].astype(int).to_numpy())
+
+
+def _probs(frame, spec):
+    return frame[[f"p_{label}" for label in spec.labels]].astype(float).to_numpy()
+
+
+def _fold_difference(first, other):
+    """Why two runs' OOF rows are not the same folds, or None when they are."""
+    (_, config_a, ids_a, _, _, fold_a), (_, config_b, ids_b, _, _, fold_b) = first, other
+    settings = [f"{k} {config_a.get(k)} vs {config_b.get(k)}" for k in FOLD_SETTINGS
+                if config_a.get(k) != config_b.get(k)]
+    if settings:
+        return ", ".join(settings)
+    if [id_key(i) for i in ids_a] != [id_key(i) for i in ids_b]:
+        return (f"{len(ids_a)} vs {len(ids_b)} OOF rows" if len(ids_a) != len(ids_b)
+                else "the OOF rows' ids differ or are in another order")
+    if not np.array_equal(fold_a, fold_b):
+        return f"the fold column differs on {int((fold_a != fold_b).sum())} rows (other training data?)"
+    return None
+
+
+def read_runs(spec, names, runs=RUNS):
+    """The runs to blend, checked: same spec, same folds. Returns (runs, fold config, ids, truth,
+    folds, [probs per run])."""
+    if len(set(names)) < 2:
+        raise KitError("blend: give at least two different runs")
+    loaded = []
+    for name in names:
+        run = load_run(name, runs)
+        if not _spec_matches(run, spec):
+            recorded = run.config.get("spec", {})
+            raise KitError(f"run {run.name} was made for another spec ({recorded.get('name')}, fingerprint "
+                           f"{recorded.get('fingerprint')}; {spec.path} is {spec.fingerprint()}); blend runs of "
+                           "one spec only")
+        check_trained_on(run, spec, "blend")      # the same spec text on another training file is not enough
+        loaded.append((run, _cv_config(run), *_oof(run, spec)))
+    for other in loaded[1:]:
+        why = _fold_difference(loaded[0], other)
+        if why:
+            raise KitError(f"runs {loaded[0][0].name} and {other[0].name} were scored on different folds ({why}); "
+                           "re-run `python -m kit cv` for them with the same --folds/--holdout/--fold-seed")
+    first = loaded[0]
+    return [r[0] for r in loaded], first[1], first[2], first[3], first[5], [r[4] for r in loaded]
+
+
+# -- scoring a blend ----------------------------------------------------------------------------
+
+
+# -- fitting the weights ------------------------------------------------------------------------
+
+
+# -- writing the blend --------------------------------------------------------------------------
+
+def _split_probs(spec, runs, split, ids):
+    """Each run's predictions-<split>.csv probabilities, rows in the split's order."""
+    probs = []
+    for run in runs:
+        path = run.predictions(split)
+        if not path.is_file():
+            raise KitError(f"run {run.name}: no predictions for {split} ({path}); run "
+                           f"`python -m kit predict --split {split} --run {run.name}` first")
+        frame = read_csv(path)
+        missing = [c for c in ["id", *(f"p_{label}" for label in spec.labels)] if c not in frame.columns]
+        if missing:
+            raise KitError(f"{path}: missing column(s) {missing}")
+        if [id_key(i) for i in frame["id"]] != [id_key(i) for i in ids]:
+            raise KitError(f"{path}: its ids are not the ids of {split} in the split's order; run "
+                           f"`python -m kit predict --split {split} --run {run.name}` again")
+        probs.append(_probs(frame, spec))
+    return probs
+
+
+def _blend_folder(runs_dir, name, key):
+    """runs/<name>/, refused when it holds something other than this blend (or name is a path)."""
+    directory = Path(runs_dir) / check_run_name(name)
+    if (directory / CONFIG).is_file():
+        if read_config(directory).get("key") != key:
+            raise KitError(f"{directory} holds another run or blend; pass another --name")
+    elif directory.exists() and any(directory.iterdir()):
+        raise KitError(f"{directory} exists and is not a kit run folder; pass another --name")
+    return directory
+
+
+def _frame(spec, ids, blended, threshold):
+    labels = decide(blended, None, threshold)
+    return LabelColumn(spec).table_of(ids, Prediction(blended, ["blend"] * len(ids)), labels)
+
+
+def write_blend(spec, directory, key, runs, config, summary, oof, split_table=None, split=None):
+    """run.json (so `kit blend`/`kit runs` read it as a run), cv_scores.json with the fold
+    settings only (its OOF score is optimistic: it must not rank beside honest CV scores),
+    blend.json, oof.csv and predictions-<split>.csv."""
+    directory.mkdir(parents=True, exist_ok=True)
+    folder, first = Run(directory), runs[0].config
+    # what the members learned from (read_runs checked it is this spec's training file)
+    data = next((r.config["data"] for r in runs if r.config.get("data")), None)
+    write_json(directory / CONFIG, {"key": key, "spec": first["spec"], **({"data": data} if data else {}),
+                                    "model": {"model": "blend", "head": "-", "runs": [r.name for r in runs]},
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_json(folder.cv_scores, {"run_key": key, "metric": spec.metric,
+                                  "config": {**{k: config.get(k) for k in FOLD_SETTINGS},
+                                             "name": directory.name, "model": "blend"}})
+    write_json(folder.blend_file, summary)
+    atomic_write(folder.oof, lambda tmp: oof.to_csv(tmp, index=False))
+    if split_table is not None:
+        atomic_write(folder.predictions(split), lambda tmp: split_table.to_csv(tmp, index=False))
+
+
+def blend(spec, names, split=None, out=SUBMISSION, name=None, runs_dir=RUNS):
+    """Fit the weights on the runs' OOF rows; with a split, write the blended submission.
+    Returns a summary dict (also blend.json) for the table."""
+    if not spec.has_labels:
+        raise KitError(f"{spec.path} has no [columns] label: kit blend blends label probabilities")
+    if split is not None:
+        rows, frame = load_rows(spec, split)       # input errors first
+        submit.check_destination(out, spec, runs_dir)     # never over an input, nor in a run folder
+    runs, config, ids, truth, fold, probs = read_runs(spec, names, runs_dir)
+    weights, how, result, tried = fit_weights(spec.metric, truth, probs)
+    members = [{"run": run.name, "key": run.key, "weight": round(float(w), 6),
+                **evaluate(spec.metric, truth, p)} for run, w, p in zip(runs, weights, probs)]
+    key = fingerprint("blend", [run.key for run in runs])
+    directory = _blend_folder(runs_dir, name or f"blend-{key[:6]}", key)
+    threshold = result["threshold"]          # binary: tuned on the blended OOF; None: argmax
+    summary = {"metric": spec.metric, "rows": len(ids), "fold_settings": {k: config.get(k) for k in FOLD_SETTINGS},
+               "runs": members, "weights": [m["weight"] for m in members], "how": how, "tried": tried,
+               "threshold": threshold,
+               "blend": result, "optimistic": True, "directory": str(directory)}
+    blended = combine(probs, weights)
+    oof = _frame(spec, ids, blended, threshold).rename(columns={"label": OOF_PREDICTED})
+    oof.insert(1, "true", [spec.labels[i] for i in truth])
+    oof["fold"] = fold
+    split_table = None
+    if split is not None:
+        test_probs = combine(_split_probs(spec, runs, split, rows.ids), weights)
+        column = LabelColumn(spec)
+        split_table, values, _ = column.written(split, rows, Prediction(test_probs, ["blend"] * len(rows)), threshold)
+        label = ColumnResult(column, None, values, split_table, {})
+        others = [predict_column(column, find_run(column, None, runs=runs_dir), split, column.rows(split, frame)[0])
+                  for column in predicted_columns(spec) if not column.probabilistic]
+        submission = build_submission(spec, frame, rows.ids, split, [label, *others],
+                                      where=f"blended submission for {split}")
+        summary.update(split=split, out=str(out))
+    write_blend(spec, directory, key, runs, config, summary, oof, split_table, split)
+    if split is not None:
+        submit.write(submission, out)
+        for result in others:
+            result.record(split)
+        submit.write_scores_beside(out, None)     # no single run's CV scores describe a blend
+    return summary
+
+
+# -- the table and the command ------------------------------------------------------------------
+
+def _cell(value, digits=4):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_blend(summary):
+    metric = summary["metric"]
+    settings = summary["fold_settings"]
+    folds = f"holdout {settings['holdout']}" if settings.get("holdout") else f"{settings.get('folds')} folds"
+    lines = [f"blend of {len(summary['runs'])} runs on {folds} (fold seed {settings.get('fold_seed')}), "
+             f"{summary['rows']} OOF rows",
+             f"| run | weight | {metric} @0.5 | {metric} tuned | threshold |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for m in [*summary["runs"], {"run": "BLEND", "weight": 1.0, **summary["blend"]}]:
+        lines.append(f"| {m['run']} | {m['weight']:.3f} | {_cell(m['at_half'])} | {_cell(m['tuned'])} | "
+                     f"{_cell(m['threshold'], 3)} |")
+    lines.append(f"weights {summary['weights']} chosen by {summary['how']}")
+    lines.append("warning: the blend's OOF score is optimistic: its weights (and threshold) were fitted on "
+                 "these same OOF rows; trust the single runs' CV scores more")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,61 @@
+"""The package: pyproject.toml's pins equal requirements.txt's, `kit --version`, the wheel's
+contents, and the one-line error of a verb whose optional extra is not installed."""
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+from click.testing import CliRunner
+
+import kit
+from kit.commands import main as main_module
+from kit.commands.main import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pins(lines):
+    """{name: the version constraint} of requirement strings (comments and markers dropped)."""
+    out = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            name, constraint = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", line).groups()
+            out[name.lower()] = constraint.replace(" ", "")
+    return out
+
+
+def test_pyproject_pins_are_the_requirements_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = list(project["dependencies"])
+    for extra, requirements in project["optional-dependencies"].items():
+        listed += [r for r in requirements if not r.startswith("competition-kit")]
+    assert _pins(listed) == _pins((ROOT / "requirements.txt").read_text().splitlines())
+
+
+def test_version_is_printed_by_kit_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"kit {kit.__version__}"
+
+
+def test_a_verb_whose_extra_is_missing_says_how_to_install_it(monkeypatch):
+    def no_fastapi(name):
+        raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
+    monkeypatch.setattr(main_module.importlib, "import_module", no_fastapi)
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: kit serve needs fastapi, which is not installed: "
+                                     "pip install 'competition-kit[serve]' (in a checkout: pip install -r requirements.txt)")
+
+
+def test_the_wheel_holds_the_package_its_templates_and_the_kit_command(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    wheel = next(tmp_path.glob("competition_kit-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "kit/__main__.py" in names and "kit/outputs/templates/report.html.j2" in names
+    assert not any(name.startswith(("tests/", "runs/", "data/")) for name in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "kit = kit.commands.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
