@@ -215,3 +215,28 @@ def test_cli_blend(setup, tmp_path, monkeypatch, toy):
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0
     assert "error: run 'nope'" in result.output
     assert "blend" in runner.invoke(main, ["--help"]).output
+
+
+def test_a_run_named_twice_by_two_spellings_is_refused(setup, tmp_path):
+    """`kit blend A runs/A` is one run twice (its name and its path), as `A A` is."""
+    spec, runs, _ = setup
+    with pytest.raises(KitError, match=r"'a' and '.*runs/a' are the same run"):
+        ensemble.read_runs(spec, ["a", str(runs / "a")], runs)
+    with pytest.raises(KitError, match="at least two different runs"):
+        ensemble.read_runs(spec, ["a", "a"], runs)
+
+
+def test_a_cv_scores_file_the_kit_did_not_write_is_left_beside_the_submission(tmp_path):
+    mine = tmp_path / "cv_scores.json"
+    mine.write_text('{"my": "notes"}')
+    submit.write_scores_beside(tmp_path / "submit.csv", None)             # would delete a kit-written one
+    assert mine.read_text() == '{"my": "notes"}'
+    kit_written = tmp_path / "run-scores.json"
+    kit_written.write_text('{"run_key": "k", "f1": 0.5}')
+    submit.write_scores_beside(tmp_path / "submit.csv", kit_written)      # nor replaced by the run's
+    assert mine.read_text() == '{"my": "notes"}'
+    mine.write_text('{"run_key": "old"}')                                  # an older run's: replaced
+    submit.write_scores_beside(tmp_path / "submit.csv", kit_written)
+    assert json.loads(mine.read_text())["run_key"] == "k"
+    submit.write_scores_beside(tmp_path / "submit.csv", None)
+    assert not mine.exists()

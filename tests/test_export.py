@@ -171,8 +171,15 @@ def test_existing_out_needs_force_and_a_crash_leaves_the_old_export(competition,
     (out / "old.txt").write_text("keep me")
     with pytest.raises(KitError, match="not empty; pass --force"):
         export_run(spec, out, run=run.name, runs=runs)
+    # --force replaces only an earlier export: a folder of the user's own files is never deleted
+    with pytest.raises(KitError, match="holds no kit_export.json, so it is not a kit export"):
+        export_run(spec, out, run=run.name, runs=runs, force=True)
+    assert (out / "old.txt").read_text() == "keep me"
     with pytest.raises(KitError, match="overlaps the run folder"):
         export_run(spec, run / "export", run=run.name, runs=runs, force=True)
+    (out / "old.txt").unlink()
+    export_run(spec, out, run=run.name, runs=runs)                  # an empty folder needs no --force
+    earlier = sorted(p.name for p in out.iterdir())
 
     def crash(*args):
         raise RuntimeError("disk full")
@@ -180,10 +187,10 @@ def test_existing_out_needs_force_and_a_crash_leaves_the_old_export(competition,
         patch.setattr("kit.outputs.export._check_tokenizer", crash)
         with pytest.raises(RuntimeError, match="disk full"):
             export_run(spec, out, run=run.name, runs=runs, force=True)
-    assert [p.name for p in out.iterdir()] == ["old.txt"]          # untouched
+    assert sorted(p.name for p in out.iterdir()) == earlier          # the earlier export, untouched
     assert [p.name for p in tmp_path.iterdir()] == ["export"]       # no half export beside it
     export_run(spec, out, run=run.name, runs=runs, force=True)
-    assert not (out / "old.txt").exists() and (out / EXPORT_FILE).is_file()
+    assert (out / EXPORT_FILE).is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
     (tmp_path / "empty").mkdir()                                    # an empty folder needs no --force
     export_run(spec, tmp_path / "empty", run=run.name, runs=runs)

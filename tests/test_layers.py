@@ -74,7 +74,9 @@ def test_no_kit_import_hides_inside_a_function():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for inner in ast.walk(node):
-                    if isinstance(inner, ast.ImportFrom) and (inner.level or (inner.module or "").startswith("kit")):
+                    from_kit = isinstance(inner, ast.ImportFrom) and (inner.level or (inner.module or "").startswith("kit"))
+                    import_kit = isinstance(inner, ast.Import) and any(a.name.split(".")[0] == "kit" for a in inner.names)
+                    if from_kit or import_kit:
                         hidden.append(f"{path.relative_to(ROOT)}:{inner.lineno}")
     assert not hidden
 

@@ -102,7 +102,8 @@ def test_multiclass_auc_is_one_vs_rest_as_scikit_learn():
 def test_the_registry_knows_each_metrics_direction_and_needs():
     assert metric_info("logloss").higher_is_better is False and metric_info("auc").needs == "probabilities"
     assert metric_info("map@3").k == 3 and metric_info("map@3").needs == "ranking"
-    assert metric_info("f1").needs == "labels" and metric_info("qwk") is None and metric_info("map@0") is None
+    assert metric_info("f1").needs == "labels" and metric_info("kappa") is None and metric_info("map@0") is None
+    assert metric_info("qwk").needs == "numbers" and metric_info("rmse").higher_is_better is False
     assert metric_info("logloss").better(0.3, 0.5) and metric_info("f1").better(0.5, 0.3)
 
 
@@ -130,7 +131,7 @@ def test_blend_weights_on_log_loss_keep_the_lowest_loss():
     ("auc", ("a", "b", "c"), 'columns = ["id", "label"]\n',
      "class_columns: the column of label 'a', 'a', is not in columns"),
     ("map@7", ("a", "b", "c"), 'columns = ["id", "label"]\n', "metric: 'map@7' ranks 7 labels, the task has 3"),
-    ("qwk", ("a", "b", "c"), 'columns = ["id", "label"]\n', "metric: 'qwk' is not one of"),
+    ("qwk", ("a", "b", "c"), 'columns = ["id", "label"]\n', "labels: metric 'qwk' reads the label column as numbers"),
     ("logloss", ("a", "b"), 'columns = ["id", "label"]\nshape = "label"\n',
      "shape: 'label' does not fit metric 'logloss', which scores probabilities; use shape = 'probability'"),
     ("f1", ("a", "b"), 'columns = ["id", "label"]\nshape = "probability"\n', "does not fit metric 'f1'"),

@@ -139,7 +139,7 @@ def test_a_keyword_column_takes_no_lever(papers, verb):
     """Pseudo-labels and distillation learn label probabilities: refused in one line before any work."""
     result = run(verb, "--spec", papers, "--target", "Keywords", "--pseudo", "some-run")
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
-    assert "work on the label model only; train [targets.Keywords]" in result.output
+    assert "learn label probabilities, which [targets.Keywords] does not have" in result.output
     assert not Path("runs").exists() or not any(Path("runs").iterdir())
 
 

@@ -3,12 +3,11 @@ import click
 
 from kit.commands.options import friendly, open_spec, say, spec_option
 from kit.core.errors import KitError
-from kit.evaluation.metrics import format_report
 from kit.inputs import shapes
 from kit.inputs.check import check_all
 from kit.inputs.data import read_csv
 from kit.inputs.prepare import prepare as write_prepared
-from kit.workflows.score import score_file, score_target_columns
+from kit.workflows.score import format_score, score_file, score_target_columns
 
 
 @click.command()
@@ -42,9 +41,9 @@ def score(spec_path, pred, split, truth):
         truth = spec.answers[split]
     frame = read_csv(pred)
     keyword_scores = score_target_columns(spec, frame, pred, truth)
-    label_columns = ("label", *shapes.label_columns(spec)) if spec.has_labels else ()
+    label_columns = ("label", "written", *shapes.label_columns(spec)) if spec.has_labels else ()
     if spec.has_labels and (any(c in frame.columns for c in label_columns if c) or not keyword_scores):
-        say(format_report(score_file(spec, pred, truth), spec.labels))
+        say(format_score(spec, score_file(spec, pred, truth)))
     for column, scores in keyword_scores.items():
         say(f"{column}: exact P/R/F1 {scores['exact_precision']:.4f} / {scores['exact_recall']:.4f} / "
              f"{scores['exact_f1']:.4f}; partial F1 {scores['partial_f1']:.4f} over {scores['rows']} rows")

@@ -92,7 +92,7 @@ def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trus
     for column_result in results:
         say(column_result.column.prediction_line(column_result.stats, column_result.predictions_file))
     say(f"submission: {path}")
-    label_runs = [r.run.directory for r in results if r.column.probabilistic]
+    label_runs = [r.run.directory for r in results if r.column.target is None]
     if report_out and label_runs:
         say(f"report: {write_report(label_runs, spec, report_out, split)}")
 

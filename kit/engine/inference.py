@@ -120,14 +120,16 @@ def answer_scores(model, ids, answers, pad_id, batch_size=32):
     return _run_batches(ids, per_batch, "score answers", forward)
 
 
-def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True, inputs=None):
-    """P(label) from a classification head (the last real token is pooled)."""
+def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True, inputs=None, regression=False):
+    """P(label) from a classification head (the last real token is pooled); with regression the
+    head's one raw output per row (a regression head: no softmax)."""
     decoder = is_decoder(model.config)
     make_inputs = _batch_inputs(model, ids, pad_id, use_prefix_cache and decoder, inputs, left=decoder)
 
     def forward(index, rows):
-        return torch.softmax(model(**make_inputs(index, rows)).logits.float(), -1).cpu().numpy()
-    return _run_batches(ids, batch_size, "classify", forward)
+        logits = model(**make_inputs(index, rows)).logits.float()
+        return (logits if regression else torch.softmax(logits, -1)).cpu().numpy()
+    return _run_batches(ids, batch_size, "regress" if regression else "classify", forward)
 
 
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra",

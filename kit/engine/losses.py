@@ -1,5 +1,5 @@
-"""The losses, each inside a module's forward (so DDP wraps it): answer tokens, the classify head, soft
-targets and distillation."""
+"""The losses, each inside a module's forward (so DDP wraps it): answer tokens, the classify head, the
+regression head, soft targets and distillation."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +57,23 @@ class ClassifyLoss(torch.nn.Module):
         logits = self.model(**inputs).logits
         return F.cross_entropy(logits.float(), torch.tensor(labels, device=logits.device), weight=self.weights,
                                reduction="sum")
+
+
+class RegressionLoss(torch.nn.Module):
+    """Regression head: squared error of its one output against the (standardised) target."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def weight(targets):
+        return len(targets)
+
+    def forward(self, inputs, targets):
+        """The sum of the rows' squared errors; see AnswerLoss."""
+        output = self.model(**inputs).logits.float()[:, 0]
+        return F.mse_loss(output, torch.tensor(targets, dtype=torch.float32, device=output.device), reduction="sum")
 
 
 @dataclass(frozen=True)

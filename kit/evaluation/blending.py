@@ -1,11 +1,11 @@
 """Blend weights as pure functions: points of the simplex fitted on OOF probabilities (log loss, or a grid
-on a non-smooth metric), and how a blend is scored."""
+on a non-smooth metric) or OOF numbers (squared error), and how a blend is scored."""
 import itertools
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from kit.evaluation.metrics import decide, metric_info, metric_value, tune_threshold
+from kit.evaluation.metrics import decide, metric_info, metric_value, number_value, tune_threshold
 
 NON_SMOOTH = ("f1", "macro_f1", "accuracy")          # metrics worth a direct search over weights
 
@@ -19,7 +19,10 @@ EPS = 1e-15
 def evaluate(metric, truth, blended):
     """{at_half, tuned, threshold, score}: score is what blends are compared by (two labels and a
     metric over labels: the metric at the threshold tuned on these rows, as the submission will be
-    decided; a metric over probabilities or rankings: the metric itself, no threshold)."""
+    decided; a metric over probabilities, rankings or numbers: the metric itself, no threshold)."""
+    if metric_info(metric).needs == "numbers":
+        score = number_value(metric, truth, blended[:, 0])
+        return {"at_half": score, "tuned": None, "threshold": None, "score": score}
     at_half = metric_value(metric, truth, decide(blended, None, 0.5), blended)
     if blended.shape[1] != 2 or metric_info(metric).needs != "labels":
         return {"at_half": at_half, "tuned": None, "threshold": None, "score": at_half}
@@ -71,16 +74,24 @@ def project_simplex(v):
     return np.maximum(v - cumulative[rho] / (rho + 1), 0)
 
 
-def _projected_gradient(true_probs, steps=2000):
-    """Without scipy: projected gradient descent with a backtracking step (log loss is convex
-    in the weights, so this reaches the same optimum as SLSQP, only slower)."""
-    w = np.full(true_probs.shape[1], 1 / true_probs.shape[1])
-    step, loss = 1.0, log_loss(w, true_probs)
+def squared_error(weights, outputs, truth):
+    return float(np.mean((outputs @ weights - truth) ** 2))
+
+
+def _squared_error_grad(weights, outputs, truth):
+    return 2 * outputs.T @ (outputs @ weights - truth) / len(truth)
+
+
+def _projected_gradient(loss_of, grad_of, k, steps=2000):
+    """Without scipy: projected gradient descent with a backtracking step (log loss and squared
+    error are convex in the weights, so this reaches the same optimum as SLSQP, only slower)."""
+    w = np.full(k, 1 / k)
+    step, loss = 1.0, loss_of(w)
     for _ in range(steps):
-        grad = _log_loss_grad(w, true_probs)
+        grad = grad_of(w)
         while step > 1e-12:
             candidate = project_simplex(w - step * grad)
-            new = log_loss(candidate, true_probs)
+            new = loss_of(candidate)
             if new <= loss - 1e-4 * grad @ (w - candidate):
                 break
             step /= 2
@@ -93,10 +104,9 @@ def _projected_gradient(true_probs, steps=2000):
     return w
 
 
-def _slsqp(true_probs):
+def _slsqp(loss_of, grad_of, k):
     from scipy.optimize import minimize
-    k = true_probs.shape[1]
-    result = minimize(log_loss, np.full(k, 1 / k), args=(true_probs,), jac=_log_loss_grad, method="SLSQP",
+    result = minimize(loss_of, np.full(k, 1 / k), jac=grad_of, method="SLSQP",
                       bounds=[(0.0, 1.0)] * k, options={"maxiter": 500, "ftol": 1e-12},
                       constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(k)}])
     return result.x if result.success else None
@@ -110,14 +120,28 @@ def _on_simplex(w):
 def fit_log_loss(truth, probs):
     """(weights, how): the simplex weights of least OOF log loss."""
     true_probs = _true_probs(truth, probs)
+    return _simplex_minimum(lambda w: log_loss(w, true_probs), lambda w: _log_loss_grad(w, true_probs),
+                            len(probs), "log loss")
+
+
+def fit_squared_error(truth, outputs):
+    """(weights, how): the simplex weights of least OOF squared error (numbers: one output each)."""
+    stacked, truth = np.stack([o[:, 0] for o in outputs], axis=1), np.asarray(truth, float)
+    return _simplex_minimum(lambda w: squared_error(w, stacked, truth),
+                            lambda w: _squared_error_grad(w, stacked, truth), len(outputs), "squared error")
+
+
+def _simplex_minimum(loss_of, grad_of, k, name):
+    """(weights, how) of a convex loss's minimum on the simplex: SLSQP, or without scipy (or when
+    SLSQP gives up on near-degenerate inputs) projected gradient descent."""
     try:
         import scipy  # noqa: F401  (only whether it is installed)
+        weights = _slsqp(loss_of, grad_of, k)
     except ImportError:
-        return _on_simplex(_projected_gradient(true_probs)), "log loss (projected gradient)"
-    weights = _slsqp(true_probs)
-    if weights is None:      # SLSQP gave up (it happens on near-degenerate inputs)
-        return _on_simplex(_projected_gradient(true_probs)), "log loss (projected gradient)"
-    return _on_simplex(weights), "log loss (SLSQP)"
+        weights = None
+    if weights is None:
+        return _on_simplex(_projected_gradient(loss_of, grad_of, k)), f"{name} (projected gradient)"
+    return _on_simplex(weights), f"{name} (SLSQP)"
 
 
 def simplex_grid(k, step):
@@ -140,10 +164,12 @@ def fit_grid(metric, truth, probs):
 
 
 def fit_weights(metric, truth, probs):
-    """(weights, how, evaluation, tried): the log-loss weights; for non-smooth metrics (<= 4 runs) also
+    """(weights, how, evaluation, tried): the log-loss weights (numbers: squared error); for non-smooth
+    metrics (<= 4 runs) also
     the best grid point; each run alone as a last resort. Kept: the best OOF metric, the
     log-loss weights on ties (they are the smoother, less overfitted choice)."""
-    candidates = [fit_log_loss(truth, probs)]
+    numbers = metric_info(metric).needs == "numbers"
+    candidates = [fit_squared_error(truth, probs) if numbers else fit_log_loss(truth, probs)]
     if metric in NON_SMOOTH and len(probs) in GRID_STEPS:
         candidates.append(fit_grid(metric, truth, probs))
     candidates += [(np.eye(len(probs))[i], f"run {i + 1} alone") for i in range(len(probs))]

@@ -1,5 +1,5 @@
-"""Keyword lists as a predictable column: reading gold values, parsing generated answers,
-scoring, and two unsupervised extractors.
+"""Keyword lists as a predictable column, as pure functions: reading gold values, parsing
+generated answers, scoring (the unsupervised extractors live in kit/models/extractors.py).
 
 The seed competition asks for `uuid,Keywords,label`, with author keywords such as
 "Flow cytometry; HDACi; Leukemia; ROS.". Everything here works on plain lists of strings:
@@ -8,9 +8,7 @@ The seed competition asks for `uuid,Keywords,label`, with author keywords such a
 - `parse_answer` turns a generated answer into a list, strictly (a sentence is not a keyword);
 - `normalise` is the one way keywords are compared ("Neural Networks" == "neural network");
 - `keyword_scores` / `paper_scores` score predicted lists against gold lists, exactly and by
-  token overlap (author keywords are rarely reproduced word for word);
-- `TfidfExtractor` (road 1, the baseline) and `MiniLMExtractor` (road 2, embeddings + MMR)
-  extract keywords from abstracts with no training at all.
+  token overlap (author keywords are rarely reproduced word for word).
 """
 import math
 import re

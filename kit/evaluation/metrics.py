@@ -13,12 +13,14 @@ CLIP = 1e-15            # log loss clips probabilities to [CLIP, 1 - CLIP], as K
 class Metric:
     """What a competition's metric scores. needs: "labels" (one decided label per row: a threshold
     can be tuned for it), "probabilities" (a probability per label: no threshold), "ranking" (the
-    labels best first, k of them)."""
+    labels best first, k of them), "numbers" (a number per row: rmse, mae; qwk rounds them to the
+    scale's integers at cut points tuned on OOF rows, cut_points=True)."""
     name: str
     higher_is_better: bool
     needs: str
     binary_only: bool = False
     k: int = None
+    cut_points: bool = False
 
     def better(self, a, b):
         """Whether score a beats score b."""
@@ -43,8 +45,12 @@ REGISTRY = {
     "accuracy": Metric("accuracy", True, "labels"),
     "auc": Metric("auc", True, "probabilities"),
     "logloss": Metric("logloss", False, "probabilities"),
+    "rmse": Metric("rmse", False, "numbers"),
+    "mae": Metric("mae", False, "numbers"),
+    "qwk": Metric("qwk", True, "numbers", cut_points=True),
 }
 METRIC_NAMES = (*REGISTRY, "map@K")
+NUMBER_METRICS = tuple(name for name, metric in REGISTRY.items() if metric.needs == "numbers")
 MAP_AT = re.compile(r"map@([1-9][0-9]?)")
 
 
@@ -87,6 +93,51 @@ def _auc(truth, probs):
         return float("nan")        # one-vs-rest needs every label among the rows
     p = probs / probs.sum(1, keepdims=True)
     return float(sk.roc_auc_score(truth, p, multi_class="ovr", labels=list(range(probs.shape[1]))))
+
+
+def number_value(name, truth, values):
+    """A numbers metric of predicted values (qwk: of the integers they were rounded to)."""
+    truth, values = np.asarray(truth, float), np.asarray(values, float)
+    if name == "rmse":
+        return float(np.sqrt(np.mean((truth - values) ** 2)))
+    if name == "mae":
+        return float(np.mean(np.abs(truth - values)))
+    if name == "qwk":
+        return quadratic_kappa(truth, values)
+    raise ValueError(f"unknown numbers metric {name!r}")
+
+
+def quadratic_kappa(truth, values):
+    """Cohen's kappa with quadratic weights on integer scores (1.0 when both are one constant)."""
+    truth, values = np.rint(truth).astype(int), np.rint(values).astype(int)
+    if len(set(truth.tolist()) | set(values.tolist())) < 2:
+        return 1.0
+    return float(sk.cohen_kappa_score(truth, values, weights="quadratic"))
+
+
+def apply_cut_points(values, cuts, low):
+    """Integers from values: low below the first cut, low + 1 below the second, and so on."""
+    return low + np.searchsorted(np.asarray(cuts, float), np.asarray(values, float), side="right")
+
+
+def tune_cut_points(truth, values, low, high, rounds=3):
+    """Cut points between the scale's integers that maximise QWK on these rows (OOF, never the
+    test): start at the half-way points, then move one cut at a time to the best of a grid of
+    candidates between its neighbours, a few rounds over all cuts (the "optimised rounder" of
+    essay-scoring competitions). Returns (cuts, their QWK)."""
+    cuts = np.arange(low, high) + 0.5
+    best = quadratic_kappa(truth, apply_cut_points(values, cuts, low))
+    for _ in range(rounds):
+        for i in range(len(cuts)):
+            lower = cuts[i - 1] if i else min(float(np.min(values)), cuts[i] - 1)
+            upper = cuts[i + 1] if i + 1 < len(cuts) else max(float(np.max(values)), cuts[i] + 1)
+            for candidate in np.linspace(lower, upper, 41)[1:-1]:
+                trial = cuts.copy()
+                trial[i] = candidate
+                score = quadratic_kappa(truth, apply_cut_points(values, trial, low))
+                if score > best + 1e-12:
+                    best, cuts = score, trial
+    return [round(float(c), 4) for c in cuts], best
 
 
 def decide(probs, parsed=None, threshold=None, positive=1):

@@ -6,12 +6,12 @@ from kit.inputs.tasks import keyword_task, target_rows
 
 def check_all(spec, submission_path=None, split="test"):
     """Read every file the spec names the way train/predict will; returns lines to print."""
-    task = f"labels {spec.labels}; metric {spec.metric}; submission {spec.shape}" if spec.has_labels else "no label"
+    task = f"{_what_is_learned(spec)}; metric {spec.metric}; submission {spec.shape}" if spec.has_labels else "no label"
     predicted = f"; predicted columns {', '.join(spec.targets)}" if spec.targets else ""
     lines = [f"spec {spec.path}: ok ({spec.name}; {task}{predicted})"]
     rows, frame = load_rows(spec, "train")
     encoding = frame.attrs["encoding"]
-    counts = f", labels { {label: rows.labels.count(i) for i, label in enumerate(spec.labels)} }" if spec.has_labels else ""
+    counts = _label_counts(spec, rows.labels) if spec.has_labels else ""
     lines.append(f"train {spec.train}: {len(rows)} rows ({encoding}){counts}")
     lines += _check_targets(spec)
     split_ids = {}
@@ -37,6 +37,19 @@ def check_all(spec, submission_path=None, split="test"):
         submit.validate(spec, frame, ids, split, where=str(submission_path))
         lines.append(f"submission {submission_path}: valid for split {split} ({len(frame)} rows)")
     return lines
+
+
+def _what_is_learned(spec):
+    if spec.shape != "number":
+        return f"labels {spec.labels}"
+    return "a number per row" + (f" on the scale [{spec.scale[0]:g}, {spec.scale[1]:g}]" if spec.scale else "")
+
+
+def _label_counts(spec, labels):
+    if spec.shape != "number":
+        return f", labels { {label: labels.count(i) for i, label in enumerate(spec.labels)} }"
+    return (f", {spec.label_column} from {min(labels):g} to {max(labels):g} (mean {sum(labels) / len(labels):.3g}, "
+            f"{len(set(labels))} distinct values)")
 
 
 def _check_targets(spec):

@@ -268,16 +268,42 @@ def load_rows(spec, split="train", frame=None):
     labels = None
     if split == "train" and spec.has_labels:
         require_columns(frame, [spec.label_column], path, "the spec's [columns] label")
-        labels = normalise_labels(frame[spec.label_column].tolist(), spec.labels, path, spec.label_column)
+        labels = read_labels(spec, frame[spec.label_column].tolist(), path)
         require_two_labels(labels, spec, path)
     return Rows(ids, texts, labels), frame
+
+
+def read_labels(spec, values, path):
+    """The label column's cells as what is learned and scored: label indices, or for a number
+    task (shape number) the numbers themselves."""
+    if spec.shape == "number":
+        return read_numbers(values, spec.scale, path, spec.label_column)
+    return normalise_labels(values, spec.labels, path, spec.label_column)
+
+
+def read_numbers(values, scale, path, column):
+    """Raw cells -> floats: each finite and, with a scale, inside it, else the first bad row."""
+    out = []
+    for row, value in enumerate(values, start=2):
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            number = float("nan")
+        if not math.isfinite(number):
+            raise KitError(f"{path}: row {row}: {column} {value!r} is not a finite number")
+        if scale and not scale[0] <= number <= scale[1]:
+            raise KitError(f"{path}: row {row}: {column} {value!r} is outside the spec's scale "
+                           f"[{scale[0]:g}, {scale[1]:g}]")
+        out.append(number)
+    return out
 
 
 def require_two_labels(labels, spec, path):
     """A classifier cannot be fitted on one class (scikit-learn fails deep inside)."""
     if len(set(labels)) < 2:
-        raise KitError(f"{path}: column {spec.label_column!r} has only one label "
-                       f"({spec.labels[labels[0]]!r}) in {len(labels)} rows; training needs at least two")
+        one = labels[0] if spec.shape == "number" else spec.labels[labels[0]]
+        raise KitError(f"{path}: column {spec.label_column!r} has only one {'value' if spec.shape == 'number' else 'label'} "
+                       f"({one!r}) in {len(labels)} rows; training needs at least two")
 
 
 def labelled_rows(spec, path):
@@ -285,7 +311,6 @@ def labelled_rows(spec, path):
     frame = read_csv(path)
     require_columns(frame, [spec.id_column, spec.label_column], path, "needed to score")
     ids = clean_ids(frame, spec.id_column, path)
-    labels = normalise_labels(frame[spec.label_column].tolist(), spec.labels, path, spec.label_column)
-    return ids, labels
+    return ids, read_labels(spec, frame[spec.label_column].tolist(), path)
 
 

@@ -5,16 +5,18 @@ label        the label, in its CSV form (f1, macro_f1, accuracy)
 probability  P(the positive label), the second of two labels (auc, logloss)
 classes      a column per label holding its probability, rows summing to 1 (logloss, auc)
 top_k        the k most probable labels, best first, joined by a separator (map@k)
+number       a number per row, inside the spec's scale when it has one (rmse, mae); qwk: an
+             integer of the scale
 """
 import numpy as np
 
 from kit.core.errors import KitError
 from kit.evaluation.metrics import metric_info, ranked
 
-SHAPES = ("label", "probability", "classes", "top_k")
+SHAPES = ("label", "probability", "classes", "top_k", "number")
 SUM_TOLERANCE = 1e-3      # how far a per-class row may sum from 1 (written ones: within 1e-5)
 DIGITS = 6                # probabilities are written rounded to this many decimals
-FITS = {"label": "labels", "probability": "probabilities", "classes": "probabilities", "top_k": "ranking"}
+FITS = {"label": "labels", "probability": "probabilities", "classes": "probabilities", "top_k": "ranking", "number": "numbers"}
 
 
 def default_shape(metric, labels):
@@ -22,7 +24,7 @@ def default_shape(metric, labels):
     needs = metric_info(metric).needs
     if needs == "probabilities":
         return "probability" if len(labels) == 2 else "classes"
-    return {"labels": "label", "ranking": "top_k"}[needs]
+    return {"labels": "label", "ranking": "top_k", "numbers": "number"}[needs]
 
 
 def shape_error(shape, metric, labels):
@@ -106,8 +108,29 @@ def check(spec, submission, where):
         _numbers(submission, spec.submission_label, where)
     elif spec.shape == "classes":
         _class_probs(spec, submission, where)
+    elif spec.shape == "number":
+        written_numbers(spec, submission, where)
     else:
         _lists(spec, submission, where)
+
+
+def written_numbers(spec, submission, where):
+    """A submission's numbers: finite, inside the scale, integers under qwk; else the first bad row."""
+    column = spec.submission_label
+    raw = submission[column]
+    numbers = np.array([_float(v) for v in raw])
+    bad = ~np.isfinite(numbers)
+    if spec.scale:
+        bad |= (numbers < spec.scale[0]) | (numbers > spec.scale[1])
+    integers = metric_info(spec.metric).cut_points
+    if integers:
+        bad |= ~np.isclose(numbers, np.round(numbers))
+    if bad.any():
+        row = int(bad.argmax())
+        what = "an integer" if integers else "a finite number"
+        inside = f" in [{spec.scale[0]:g}, {spec.scale[1]:g}]" if spec.scale else ""
+        raise KitError(f"{where}: row {row + 2}: {column} {raw.iloc[row]!r} is not {what}{inside}")
+    return numbers
 
 
 def _class_probs(spec, submission, where):

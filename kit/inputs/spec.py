@@ -6,6 +6,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import re
 import string
 import tomllib
@@ -13,14 +14,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kit.core.errors import KitError
-from kit.evaluation.metrics import METRIC_NAMES, metric_info
+from kit.evaluation.metrics import METRIC_NAMES, NUMBER_METRICS, metric_info
 from kit.inputs.shapes import default_shape, shape_error
 
 DEFAULT_SPEC = "data/competition.toml"
 
 TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission", "targets")
 COLUMN_KEYS = ("id", "label", "input")
-TASK_KEYS = ("instruction", "labels", "label_words", "label_descriptions", "metric", "max_length", "few_shot")
+TASK_KEYS = ("instruction", "labels", "label_words", "label_descriptions", "metric", "max_length", "few_shot", "scale")
+LABEL_ONLY_KEYS = ("labels", "label_words", "label_descriptions", "few_shot")   # what a number task has none of
 FEW_SHOT_MAX = 16
 SUBMISSION_KEYS = ("columns", "id_column", "label_column", "sample", "sample_split", "fill", "shape", "class_columns",
                    "separator")
@@ -80,6 +82,7 @@ class Spec:
     shape: str = "label"       # what the submission holds (kit/inputs/shapes.py): label, probability, classes, top_k
     class_columns: dict = field(default_factory=dict)   # shape classes: label -> its submission column
     separator: str = " "       # shape top_k: what joins a row's labels
+    scale: list = None         # shape number: [low, high] the numbers lie in (qwk: its integers)
 
     @property
     def has_labels(self):
@@ -132,6 +135,7 @@ class Spec:
             "label_column": str(self.label_column),
             **({"target": self.target} if self.target else {}),
             **({"few_shot": int(self.few_shot)} if self.few_shot else {}),   # absent: earlier keys stand
+            **({"scale": list(self.scale)} if self.scale else {}),
         }
 
     def fingerprint(self):
@@ -469,13 +473,19 @@ def _targets(raw, base, input_template, max_length, path):
 
 
 def _label_task(task, label_column, where):
-    """(labels, label words, metric, instruction) of [task]; none of them without a label column."""
+    """(labels, label words, metric, instruction, scale) of [task]; none of them without a label
+    column; a metric over numbers (rmse, mae, qwk) makes it a number task: no labels, a scale."""
     if label_column is None:
-        extra = [key for key in ("labels", "label_words", "label_descriptions", "metric", "instruction", "few_shot")
-                 if key in task]
+        extra = [key for key in ("labels", "label_words", "label_descriptions", "metric", "instruction", "few_shot",
+                                 "scale") if key in task]
         if extra:
             raise KitError(f"{where} {extra[0]}: the spec has no [columns] label for it to describe")
-        return [], {}, None, ""
+        return [], {}, None, "", None
+    info = metric_info(task["metric"]) if isinstance(task.get("metric"), str) else None
+    if info is not None and info.needs == "numbers":
+        return _number_task(task, info, where)
+    if "scale" in task:
+        raise KitError(f"{where} scale: only a metric over numbers ({', '.join(NUMBER_METRICS)}) uses a scale")
     labels = _labels(task, where)
     words = _label_words(task, labels, where)
     metric = _metric(task, labels, where)
@@ -484,7 +494,36 @@ def _label_task(task, label_column, where):
         raise KitError(f"{where} instruction: must be a string, got {instruction!r}")
     instruction = instruction.strip() or f"Classify the text. Answer with one of: {', '.join(words.values())}."
     instruction += _descriptions(task, labels, words, where)
-    return labels, words, metric, instruction
+    return labels, words, metric, instruction, None
+
+
+def _number_task(task, info, where):
+    """A number per row, read from the label column (a score, a grade): no labels; qwk needs the
+    integer scale its cut points round to."""
+    extra = [key for key in LABEL_ONLY_KEYS if key in task]
+    if extra:
+        raise KitError(f"{where} {extra[0]}: metric {info.name!r} reads the label column as numbers, which have no "
+                       f"{extra[0]}; drop it (or use a label metric)")
+    scale = _scale(task.get("scale"), info, where)
+    instruction = task.get("instruction", "")
+    if not isinstance(instruction, str):
+        raise KitError(f"{where} instruction: must be a string, got {instruction!r}")
+    between = f" from {scale[0]:g} to {scale[1]:g}" if scale else ""
+    return [], {}, info.name, instruction.strip() or f"Rate the text with a number{between}.", scale
+
+
+def _scale(raw, info, where):
+    """[low, high] of a number task, or None (any finite number)."""
+    if raw is None:
+        if info.cut_points:
+            raise KitError(f"{where} scale: metric {info.name!r} scores integers on a scale; give scale = [low, high]")
+        return None
+    if (not isinstance(raw, list) or len(raw) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                              and math.isfinite(v) for v in raw) or raw[0] >= raw[1]):
+        raise KitError(f"{where} scale: give [low, high], two finite numbers with low < high, got {raw!r}")
+    if info.cut_points and not all(float(v).is_integer() for v in raw):
+        raise KitError(f"{where} scale: metric {info.name!r} scores integers; low and high must be integers, got {raw!r}")
+    return [float(v) for v in raw]
 
 
 def read_toml(path):
@@ -551,7 +590,7 @@ def load_spec(path=DEFAULT_SPEC):
         raise KitError(f"{where}: missing key 'label' (or predict a column of [targets] instead)")
     if label_column == id_column:
         raise KitError(f"{where} id and label are the same column {id_column!r}")
-    labels, words, metric, instruction = _label_task(task, label_column, f"{path} [task]")
+    labels, words, metric, instruction, scale = _label_task(task, label_column, f"{path} [task]")
     shape, classes, separator = _shape(submission, metric, labels, label_column, f"{path} [submission]")
     sub_columns, sub_id, sub_label, fill, sample, sample_split = _submission(
         submission, id_column, label_column, splits, base, targets, classes, f"{path} [submission]")
@@ -576,5 +615,5 @@ def load_spec(path=DEFAULT_SPEC):
         submission_id=sub_id, fill=fill, sample=sample, sample_split=sample_split,
         answers={split: base / file for split, file in answers.items()},
         raw=raw, few_shot=_few_shot(task, f"{path} [task]") if label_column else 0,
-        shape=shape, class_columns=classes, separator=separator,
+        shape=shape, class_columns=classes, separator=separator, scale=scale,
     )

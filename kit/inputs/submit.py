@@ -1,5 +1,6 @@
 """Building, validating and writing submission files: exactly the spec's columns, one row per
 split id in the split's order, labels in their CSV form, nothing half-written."""
+import json
 import os
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pandas as pd
 
 from kit.core.errors import KitError
 from kit.core.files import atomic_write, write_text
+from kit.core.logs import log
 from kit.inputs import shapes
 from kit.inputs.data import clean_ids, id_key, read_csv, require_columns
 from kit.inputs.spec import render_template
@@ -147,11 +149,23 @@ def check_destination(path, spec=None, runs=None):
         raise KitError(f"--out {text}: cannot write in {parent} (permission denied)")
 
 
+def _kit_scores(path):
+    """Whether a file is a cv_scores.json the kit wrote (a run's or a blend's: it names its run key)."""
+    try:
+        return path.is_file() and "run_key" in json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
+
+
 def write_scores_beside(out, cv_scores):
     """The CV scores of the run that made the submission go beside it; with none, an older run's
-    scores must not stay there looking as if they belonged to this submission."""
-
+    scores must not stay there looking as if they belonged to this submission. A cv_scores.json
+    the kit did not write (no run_key in it) is left alone."""
     beside = Path(out).parent / "cv_scores.json"
+    if beside.exists() and not _kit_scores(beside):
+        log(f"warning: {beside} was not written by the kit; left as it is (the run's CV scores are not copied beside "
+            "the submission)")
+        return
     if cv_scores is not None:
         write_text(beside, Path(cv_scores).read_text())
     else:

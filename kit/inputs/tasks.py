@@ -21,6 +21,12 @@ class Task:
     # the metric scores the probabilities themselves (auc, logloss), not decided labels or a ranking:
     # the TF-IDF baseline then picks its C by log loss and keeps the class prior (no class weights)
     calibrated: bool = False
+    regression = False        # a number per row (NumberTask), not a probability per label
+
+    @property
+    def outputs(self):
+        """How many numbers the model's head gives per row: a score per label."""
+        return len(self.words)
 
     @classmethod
     def from_spec(cls, spec, max_length=None):
@@ -50,6 +56,30 @@ class Task:
                     chosen.append([_cut(rows.texts[pool.pop()]), self.words[k]])
         return replace(self, examples=chosen)
 
+
+@dataclass
+class NumberTask(Task):
+    """The task of a number per row (a score, a grade): one regression output learned by squared
+    error on standardised targets; center and spread are the training targets' mean and standard
+    deviation, learned by fit and saved with the model (the head's output is center + spread * y)."""
+    words: list = field(default_factory=list)    # no label words
+    scale: list = None        # [low, high] the numbers lie in (predictions are clipped to it), or None
+    center: float = 0.0
+    spread: float = 1.0
+    regression = True
+
+    @property
+    def outputs(self):
+        return 1
+
+    @classmethod
+    def from_spec(cls, spec, max_length=None):
+        return cls(spec.instruction, [], max_length or spec.max_length, scale=spec.scale)
+
+    def standardised_on(self, values):
+        """A copy whose center and spread are these (training) targets' mean and standard deviation."""
+        values = np.asarray(values, float)
+        return replace(self, center=float(values.mean()), spread=float(values.std()) or 1.0)
 
 EXAMPLE_CHARS = 300       # a few-shot example's input, cut: k long abstracts would crowd out the row
 

@@ -10,9 +10,10 @@ import numpy as np
 
 from kit.core.errors import KitError
 from kit.core.settings import ModelArgs, TrainArgs
-from kit.inputs.tasks import Task
+from kit.inputs.tasks import KeywordTask, NumberTask, Task
 
 MODEL_FILE = "kit_model.json"     # what every saved estimator writes: its kind, task and settings
+TASK_TYPES = {cls.__name__: cls for cls in (Task, NumberTask, KeywordTask)}   # what a model file's task may be
 
 
 class NotFittedError(KitError):
@@ -162,6 +163,7 @@ class Estimator:
 
     def _write_model_file(self, directory, **extra):
         state = {"kind": self.kind, "model_id": self.model_id, "task": asdict(self.task),
+                 "task_type": type(self.task).__name__,
                  "args": asdict(self.args), "train_args": asdict(self.train_args), **extra}
         (Path(directory) / MODEL_FILE).write_text(json.dumps(state, indent=2))
 
@@ -177,7 +179,9 @@ class Estimator:
 
     @classmethod
     def _from_state(cls, state, trust_remote_code=False):
-        model = cls(cls.task_type(**_known(cls.task_type, state["task"])), ModelArgs(**_known(ModelArgs, state["args"])),
+        # the saved task's type (older model files name none: the estimator's own)
+        task_type = TASK_TYPES.get(state.get("task_type"), cls.task_type)
+        model = cls(task_type(**_known(task_type, state["task"])), ModelArgs(**_known(ModelArgs, state["args"])),
                     TrainArgs(**_known(TrainArgs, state["train_args"])), trust_remote_code=trust_remote_code)
         model.model_id = state.get("model_id")
         return model

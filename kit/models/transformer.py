@@ -85,6 +85,9 @@ class TransformerModel(Estimator):
         super().__init__(task, args, train_args, trust_remote_code)
         if self.args.head not in HEADS:
             raise KitError(f"--head {self.args.head!r}: choose one of {', '.join(HEADS)}")
+        if self.task.regression and self.args.head != "classify":
+            raise KitError(f"--head {self.args.head}: a number task learns a regression head (one output, squared "
+                           "error); use --head classify")
         self.path = resolve_model(self.args.model)
         self.model = self.tokenizer = None
         self.loss_log = []
@@ -177,7 +180,7 @@ class TransformerModel(Estimator):
             common["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
         if self.args.head == "classify":
             model = AutoModelForSequenceClassification.from_pretrained(
-                self.path, num_labels=len(self.task.words), **common)
+                self.path, num_labels=self.task.outputs, **common)
             # The pad token tells the head which position is the last real token.
             model.config.pad_token_id = self.tokenizer.pad_token_id
         else:
@@ -235,6 +238,8 @@ class TransformerModel(Estimator):
             # so rows encoded by the caller with the bare instruction are encoded again
             self.task, encoded = self.task.with_examples(rows, self.train_args.seed), None
             self.tokenizer = None
+        if self.task.regression:      # standardised targets: the new head starts near the right scale
+            self.task = self.task.standardised_on(rows.labels)
         self._prepare_text()
         self.resolve_args()
         self.check_memory(self.train_args.batch_size)
@@ -300,6 +305,9 @@ class TransformerModel(Estimator):
         (kit/workflows/levers.py: soft pseudo-labels, a teacher's probabilities) each target is a RowTarget
         and the loss the lever-aware module; without them, exactly the plain losses."""
         soft, teacher = rows.soft, rows.teacher
+        if self.task.regression:
+            targets = [(y - self.task.center) / self.task.spread for y in rows.labels]
+            return ids, targets, losses.RegressionLoss(model)
         if self.args.head == "generate":
             targets = [self.answers[label] for label in rows.labels]
             sequences = [s + t for s, t in zip(ids, targets)]
@@ -354,7 +362,11 @@ class TransformerModel(Estimator):
             if mode == GENERATE:
                 log("predict: a classify-head model has no answers to generate; using its label probabilities")
             with self._inputs_maker(ids) as inputs:
-                probs = classify_proba(self.model, ids, pad, size, self.args.prefix_cache, inputs=inputs)
+                probs = classify_proba(self.model, ids, pad, size, self.args.prefix_cache, inputs=inputs,
+                                       regression=self.task.regression)
+            if self.task.regression:  # the number, as the one column of the prediction's outputs
+                values = self.task.center + self.task.spread * probs
+                return Prediction(values, ["regression"] * len(ids), stats={**stats, **self.predict_frozen})
             return Prediction(probs, ["classify"] * len(ids), stats={**stats, **self.predict_frozen})
         if mode == SCORE:
             return Prediction(self._label_scores(ids), [SCORE] * len(ids), stats={**stats, **self.predict_frozen})

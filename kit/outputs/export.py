@@ -44,8 +44,9 @@ def _inside(path, folder):
 
 
 def check_destination(out, run_directory, force):
-    """Refuse what --out must never be: a file, a non-empty folder without --force, the run
-    itself or a folder holding it, or a folder holding the current directory (--force deletes it)."""
+    """Refuse what --out must never be: a file, a non-empty folder without --force, a non-empty
+    folder that is not an earlier export (--force replaces only what the kit wrote), the run itself
+    or a folder holding it, or a folder holding the current directory (--force deletes it)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise KitError(f"--out {out}: exists and is not a folder")
@@ -54,6 +55,9 @@ def check_destination(out, run_directory, force):
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise KitError(f"--out {out}: exists and is not empty; pass --force to replace it")
+        if not (out / EXPORT_FILE).is_file():
+            raise KitError(f"--out {out}: is not empty and holds no {EXPORT_FILE}, so it is not a kit export; "
+                           "--force replaces only an earlier export: choose another folder")
         if _inside(Path.cwd(), out):
             raise KitError(f"--out {out}: holds the current directory; --force would delete it")
     parent = out.parent                  # the export is staged beside out, then renamed into place
@@ -145,7 +149,7 @@ def _labels(run, estimator):
 def _descriptions(run):
     """The spec's [task] label_descriptions (label -> what it means), read from the spec the run
     saved; {} when it has none."""
-    saved = run.directory / "spec.toml"
+    saved = run.spec_copy
     if not saved.is_file():
         return {}
     try:
@@ -331,6 +335,9 @@ def export_run(spec, out, run=None, force=False, trust_remote_code=False, runs=R
     check_destination(out, chosen.directory, force)
     estimator = _load_estimator(chosen, trust_remote_code)
     saved_weights(chosen.model_dir, estimator.args)      # safetensors only, before any weight file is opened
+    if estimator.task.regression:
+        raise KitError(f"run {chosen.name}: a number task's regression head is not exported (the export writes a "
+                       "label classifier or generator); predict it with kit predict")
     labels, words = _labels(chosen, estimator)
     dtype = _export_dtype(estimator, chosen, dtype)
     with writing(out):

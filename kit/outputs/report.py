@@ -639,7 +639,7 @@ def _folds_section(data):
     numbers = sorted(set(data.fold.tolist())) if data.oof is not None else list(range(len(per_fold)))
     rows = []
     for position, number in enumerate(numbers):
-        stats = ((_read_json(data.directory / "cv" / f"fold-{number}.json") or {}).get("stats") or {})
+        stats = ((_read_json(Run(data.directory).fold_result(number)) or {}).get("stats") or {})
         size = int((data.fold == number).sum()) if data.oof is not None else "-"
         score = f"{per_fold[position]:.4f}" if position < len(per_fold) else "-"
         rows.append([number + 1, size, score, _seconds(_number(stats.get("train_seconds"))),

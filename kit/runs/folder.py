@@ -120,6 +120,7 @@ class Run:
     cv_dir = property(lambda self: self.directory / "cv")
     cv_scores = property(lambda self: self.directory / "cv_scores.json")
     oof = property(lambda self: self.directory / "oof.csv")
+    spec_copy = property(lambda self: self.directory / "spec.toml")   # the spec file as it was trained on
 
     def fold_result(self, number):
         return self.cv_dir / f"fold-{number}.json"
@@ -188,7 +189,7 @@ class Run:
 def _write_config(directory, config, spec):
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / CONFIG, config)
-    write_text(directory / "spec.toml", Path(spec.path).read_text(encoding="utf-8"))
+    write_text(Run(directory).spec_copy, Path(spec.path).read_text(encoding="utf-8"))
 
 
 def kit_config(directory):

@@ -4,6 +4,7 @@ verbs that write them all (`kit predict`)."""
 from kit.core.errors import KitError
 from kit.tasks.keywords import KeywordColumn
 from kit.tasks.label import LabelColumn
+from kit.tasks.number import NumberColumn
 
 
 def column_of(spec, target=None, command="train"):
@@ -13,9 +14,14 @@ def column_of(spec, target=None, command="train"):
     if not spec.has_labels:
         raise KitError(f"{spec.path} has no [columns] label; {command} a predicted column with --target "
                        f"{next(iter(spec.targets))}")
-    return LabelColumn(spec)
+    return label_column(spec)
+
+
+def label_column(spec):
+    """The task of the spec's [columns] label: labels, or a number per row (shape number)."""
+    return NumberColumn(spec) if spec.shape == "number" else LabelColumn(spec)
 
 
 def predicted_columns(spec):
     """Every column a submission of this spec predicts: the label (when it has one), then its [targets]."""
-    return ([LabelColumn(spec)] if spec.has_labels else []) + [KeywordColumn(spec, c) for c in spec.targets]
+    return ([label_column(spec)] if spec.has_labels else []) + [KeywordColumn(spec, c) for c in spec.targets]

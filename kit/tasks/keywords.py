@@ -21,7 +21,8 @@ from kit.tasks.label import per_fold_scores
 
 class KeywordColumn:
     """A [targets] column of keyword lists, written joined by the competition's separator."""
-    probabilistic = False         # keyword lists: no probabilities for levers, fold ensembles or blends
+    ensembles = False             # keyword lists: nothing for fold ensembles or blends to average
+    takes_levers = False          # nor probabilities for pseudo-labels and teachers
     one_process = True            # the extractors weigh phrases over the whole split: no shares
 
     def __init__(self, spec, column):

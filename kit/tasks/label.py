@@ -15,6 +15,7 @@ from kit.evaluation.metrics import decide, format_report, metric_info, metric_va
 from kit.inputs import shapes
 from kit.inputs.data import load_rows
 from kit.inputs.tasks import Task
+from kit.models.base import Prediction
 
 # what `kit predict` says the submission holds, by shape
 SHOWN = {"label": "labels", "probability": "P({positive}) per row", "classes": "a probability per label",
@@ -31,7 +32,8 @@ def predicted_column(frame):
 class LabelColumn:
     """The spec's [columns] label, written into the submission's label column."""
     target = None                 # not a [targets] column
-    probabilistic = True          # a probability per label and row: levers, fold ensembles and blends work on them
+    ensembles = True              # a probability per label and row: fold ensembles and blends average them
+    takes_levers = True           # and pseudo-labels and teachers are made of them
     one_process = False           # CV folds and prediction rows can be shared out to ranks
 
     def __init__(self, spec):
@@ -91,6 +93,32 @@ class LabelColumn:
         table.insert(1, "true", [spec.labels[i] for i in truth[held]])
         table["fold"] = fold[held]
         return scores, table
+
+    # -- what blends read and write (kit/workflows/blend.py) -------------------------------------
+    @property
+    def output_columns(self):
+        """The per-row files' columns of the model's outputs: a probability per label."""
+        return [f"p_{label}" for label in self.spec.labels]
+
+    def truth(self, values, path):
+        """oof.csv's "true" column as label indices."""
+        lookup = {label: i for i, label in enumerate(self.spec.labels)}
+        unknown = sorted(set(values) - set(lookup))
+        if unknown:
+            raise KitError(f"{path}: true label(s) {unknown[:3]} are not in the spec's labels {self.spec.labels}")
+        return np.array([lookup[t] for t in values])
+
+    def blend_decision(self, truth, blended, evaluation):
+        """Two labels and a label metric: the threshold tuned on the blended OOF rows; else argmax."""
+        return evaluation["threshold"]
+
+    def oof_table(self, ids, truth, outputs, fold, threshold=None):
+        """oof.csv of blended outputs: id, true, pred (decided at threshold), a probability per label, fold."""
+        table = self.table_of(ids, Prediction(outputs, ["blend"] * len(ids)), decide(outputs, None, threshold))
+        table = table.rename(columns={"label": OOF_PREDICTED})
+        table.insert(1, "true", [self.spec.labels[i] for i in truth])
+        table["fold"] = fold
+        return table
 
     def format_scores(self, scores):
         metric = self.spec.metric

@@ -17,13 +17,11 @@ from kit.core.errors import KitError
 from kit.core.files import atomic_write, write_json
 from kit.core.hashing import fingerprint
 from kit.evaluation.blending import combine, evaluate, fit_weights
-from kit.evaluation.metrics import decide
 from kit.inputs import submit
 from kit.inputs.data import id_key, load_rows, read_csv
 from kit.models.base import Prediction
 from kit.runs.folder import CONFIG, RUNS, Run, _spec_matches, check_run_name, check_trained_on, load_run, read_config
-from kit.tasks.columns import predicted_columns
-from kit.tasks.label import OOF_PREDICTED, LabelColumn
+from kit.tasks.columns import label_column, predicted_columns
 from kit.workflows.predict import SUBMISSION, ColumnResult, build_submission, find_run, predict_column
 
 FOLD_SETTINGS = ("folds", "holdout", "fold_seed")
@@ -40,23 +38,20 @@ def _cv_config(run):
         raise KitError(f"{run.cv_scores}: unreadable: {error}") from None
 
 
-def _oof(run, spec):
-    """(ids as written, truth indices, probs, fold) of a run's oof.csv."""
+def _oof(run, column):
+    """(ids as written, truth, outputs, fold) of a run's oof.csv (outputs: a probability per
+    label, or a number task's number)."""
     frame = read_csv(run.oof)
-    columns = ["id", "true", "fold", *(f"p_{label}" for label in spec.labels)]
+    columns = ["id", "true", "fold", *column.output_columns]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise KitError(f"{run.oof}: missing column(s) {missing}; run `python -m kit cv` again with its settings")
-    lookup = {label: i for i, label in enumerate(spec.labels)}
-    unknown = sorted(set(frame["true"]) - set(lookup))
-    if unknown:
-        raise KitError(f"{run.oof}: true label(s) {unknown[:3]} are not in the spec's labels {spec.labels}")
-    return (frame["id"].tolist(), np.array([lookup[t] for t in frame["true"]]),
-            _probs(frame, spec), frame["fold"].astype(int).to_numpy())
+    return (frame["id"].tolist(), column.truth(frame["true"].tolist(), run.oof),
+            _outputs(frame, column), frame["fold"].astype(int).to_numpy())
 
 
-def _probs(frame, spec):
-    return frame[[f"p_{label}" for label in spec.labels]].astype(float).to_numpy()
+def _outputs(frame, column):
+    return frame[column.output_columns].astype(float).to_numpy()
 
 
 def _fold_difference(first, other):
@@ -79,16 +74,21 @@ def read_runs(spec, names, runs=RUNS):
     folds, [probs per run])."""
     if len(set(names)) < 2:
         raise KitError("blend: give at least two different runs")
-    loaded = []
+    column, loaded, seen = label_column(spec), [], {}
     for name in names:
         run = load_run(name, runs)
+        folder = Path(run.directory).resolve()
+        if folder in seen:                # "A" and "runs/A" are one run
+            raise KitError(f"blend: {seen[folder]!r} and {name!r} are the same run ({run.directory}); "
+                           "give at least two different runs")
+        seen[folder] = name
         if not _spec_matches(run, spec):
             recorded = run.config.get("spec", {})
             raise KitError(f"run {run.name} was made for another spec ({recorded.get('name')}, fingerprint "
                            f"{recorded.get('fingerprint')}; {spec.path} is {spec.fingerprint()}); blend runs of "
                            "one spec only")
         check_trained_on(run, spec, "blend")      # the same spec text on another training file is not enough
-        loaded.append((run, _cv_config(run), *_oof(run, spec)))
+        loaded.append((run, _cv_config(run), *_oof(run, column)))
     for other in loaded[1:]:
         why = _fold_difference(loaded[0], other)
         if why:
@@ -106,8 +106,8 @@ def read_runs(spec, names, runs=RUNS):
 
 # -- writing the blend --------------------------------------------------------------------------
 
-def _split_probs(spec, runs, split, ids):
-    """Each run's predictions-<split>.csv probabilities, rows in the split's order."""
+def _split_probs(column, runs, split, ids):
+    """Each run's predictions-<split>.csv outputs, rows in the split's order."""
     probs = []
     for run in runs:
         path = run.predictions(split)
@@ -115,13 +115,13 @@ def _split_probs(spec, runs, split, ids):
             raise KitError(f"run {run.name}: no predictions for {split} ({path}); run "
                            f"`python -m kit predict --split {split} --run {run.name}` first")
         frame = read_csv(path)
-        missing = [c for c in ["id", *(f"p_{label}" for label in spec.labels)] if c not in frame.columns]
+        missing = [c for c in ["id", *column.output_columns] if c not in frame.columns]
         if missing:
             raise KitError(f"{path}: missing column(s) {missing}")
         if [id_key(i) for i in frame["id"]] != [id_key(i) for i in ids]:
             raise KitError(f"{path}: its ids are not the ids of {split} in the split's order; run "
                            f"`python -m kit predict --split {split} --run {run.name}` again")
-        probs.append(_probs(frame, spec))
+        probs.append(_outputs(frame, column))
     return probs
 
 
@@ -134,11 +134,6 @@ def _blend_folder(runs_dir, name, key):
     elif directory.exists() and any(directory.iterdir()):
         raise KitError(f"{directory} exists and is not a kit run folder; pass another --name")
     return directory
-
-
-def _frame(spec, ids, blended, threshold):
-    labels = decide(blended, None, threshold)
-    return LabelColumn(spec).table_of(ids, Prediction(blended, ["blend"] * len(ids)), labels)
 
 
 def write_blend(spec, directory, key, runs, config, summary, oof, split_table=None, split=None):
@@ -175,23 +170,21 @@ def blend(spec, names, split=None, out=SUBMISSION, name=None, runs_dir=RUNS):
                 **evaluate(spec.metric, truth, p)} for run, w, p in zip(runs, weights, probs)]
     key = fingerprint("blend", [run.key for run in runs])
     directory = _blend_folder(runs_dir, name or f"blend-{key[:6]}", key)
-    threshold = result["threshold"]          # binary: tuned on the blended OOF; None: argmax
+    column, blended = label_column(spec), combine(probs, weights)
+    # two labels: the threshold tuned on the blended OOF (None: argmax); qwk: cut points tuned on it
+    threshold = column.blend_decision(truth, blended, result)
     summary = {"metric": spec.metric, "rows": len(ids), "fold_settings": {k: config.get(k) for k in FOLD_SETTINGS},
                "runs": members, "weights": [m["weight"] for m in members], "how": how, "tried": tried,
                "threshold": threshold,
                "blend": result, "optimistic": True, "directory": str(directory)}
-    blended = combine(probs, weights)
-    oof = _frame(spec, ids, blended, threshold).rename(columns={"label": OOF_PREDICTED})
-    oof.insert(1, "true", [spec.labels[i] for i in truth])
-    oof["fold"] = fold
+    oof = column.oof_table(ids, truth, blended, fold, threshold)
     split_table = None
     if split is not None:
-        test_probs = combine(_split_probs(spec, runs, split, rows.ids), weights)
-        column = LabelColumn(spec)
+        test_probs = combine(_split_probs(column, runs, split, rows.ids), weights)
         split_table, values, _ = column.written(split, rows, Prediction(test_probs, ["blend"] * len(rows)), threshold)
         label = ColumnResult(column, None, values, split_table, {})
         others = [predict_column(column, find_run(column, None, runs=runs_dir), split, column.rows(split, frame)[0])
-                  for column in predicted_columns(spec) if not column.probabilistic]
+                  for column in predicted_columns(spec) if column.target is not None]
         submission = build_submission(spec, frame, rows.ids, split, [label, *others],
                                       where=f"blended submission for {split}")
         summary.update(split=split, out=str(out))
@@ -216,9 +209,11 @@ def format_blend(summary):
     folds = f"holdout {settings['holdout']}" if settings.get("holdout") else f"{settings.get('folds')} folds"
     lines = [f"blend of {len(summary['runs'])} runs on {folds} (fold seed {settings.get('fold_seed')}), "
              f"{summary['rows']} OOF rows",
-             f"| run | weight | {metric} @0.5 | {metric} tuned | threshold |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for m in [*summary["runs"], {"run": "BLEND", "weight": 1.0, **summary["blend"]}]:
+             "", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = [*summary["runs"], {"run": "BLEND", "weight": 1.0, **summary["blend"]}]
+    thresholded = any(m["threshold"] is not None for m in rows)     # two labels and a label metric
+    lines[1] = f"| run | weight | {metric}{' @0.5' if thresholded else ''} | {metric} tuned | threshold |"
+    for m in rows:
         lines.append(f"| {m['run']} | {m['weight']:.3f} | {_cell(m['at_half'])} | {_cell(m['tuned'])} | "
                      f"{_cell(m['threshold'], 3)} |")
     lines.append(f"weights {summary['weights']} chosen by {summary['how']}")

@@ -91,7 +91,7 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     column = column_of(spec, target, "cross-validate")
     if column.one_process and dist.active():
         raise KitError(f"kit cv of {column} runs in one process; start it without torchrun / accelerate launch")
-    if keep_models and not column.probabilistic:
+    if keep_models and not column.ensembles:
         raise KitError(f"--keep-models is for the label's cv; {column} has no fold ensembles")
     rows, frame = column.rows("train")
     fold = column.folds(rows, folds, fold_seed, holdout)

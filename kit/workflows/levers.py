@@ -52,10 +52,10 @@ def without_levers(train_args):
 
 
 def refuse_unless_supported(column, train_args):
-    """A column whose task cannot learn probabilities (a [targets] column) takes no lever."""
-    if not column.probabilistic and train_args != without_levers(train_args):
-        raise KitError(f"--pseudo/--teacher work on the label model only; train {column} (--target) "
-                       "without them")
+    """A column whose task learns no label probabilities (a [targets] column, a number) takes no lever."""
+    if not column.takes_levers and train_args != without_levers(train_args):
+        raise KitError(f"--pseudo/--teacher learn label probabilities, which {column} does not have; "
+                       "train it without them")
 
 
 # -- checks before any work -------------------------------------------------------------------
@@ -257,7 +257,7 @@ def require_same_folds(run, spec, fold, option):
     if run.config.get("spec", {}).get("resolved", {}).get("labels") != list(spec.labels):
         raise KitError(f"{protocol}; its labels are not {spec.labels}")
     numbers = sorted(set(fold.tolist()) - {-1})
-    theirs = sorted(int(p.stem.split("-")[1]) for p in run.cv_dir.glob("fold-*.json"))
+    theirs = list(run.fold_results())
     if theirs != numbers:
         raise KitError(f"{protocol}; it has {len(theirs)} folds, this CV {len(numbers)} ({_fold_settings(run)})")
     for number in numbers:

@@ -143,7 +143,7 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     submit.write(submission, out)
     for result in results:
         result.record(split)
-    label_run = next((r.run for r in results if r.column.probabilistic and r.run), None)
+    label_run = next((r.run for r in results if r.column.target is None and r.run), None)
     submit.write_scores_beside(out, label_run.cv_scores if label_run and label_run.cv_scores.exists() else None)
     return out, results
 
@@ -208,7 +208,7 @@ def predict_column(column, run, split, rows, mode="score", threshold=None, model
     if run is None:
         model, used = column.untrained_model(), []
     else:
-        model, used = load_predictor(run, models if column.probabilistic else "auto", trust_remote_code)
+        model, used = load_predictor(run, models if column.ensembles else "auto", trust_remote_code)
     ensemble = (f", {len(used)} fold models" + (" merged into one adapter" if models == "merged" else " averaged")
                 if used and used[0] != str(run.model_dir) else "")
     log(f"predict: {column} of {split} ({len(rows)} rows) with "

@@ -4,10 +4,11 @@ import numpy as np
 
 from kit.core.errors import KitError
 from kit.evaluation.keywords import keyword_scores, split_keywords
-from kit.evaluation.metrics import report
+from kit.evaluation.metrics import format_report, report
 from kit.inputs.data import clean_ids, id_key, labelled_rows, normalise_labels, read_csv
-from kit.inputs.shapes import label_columns, read_back
+from kit.inputs.shapes import label_columns, read_back, written_numbers
 from kit.tasks.label import predicted_column
+from kit.tasks.number import NumberColumn, format_number_report
 
 
 def score_file(spec, pred_path, truth_path):
@@ -16,6 +17,8 @@ def score_file(spec, pred_path, truth_path):
     truth_ids, truth = labelled_rows(spec, truth_path)
     truth_ids = [id_key(i) for i in truth_ids]            # '12.0' and '12' are the same id
     frame = read_csv(pred_path)
+    if spec.shape == "number":
+        return _score_numbers(spec, frame, pred_path, truth_ids, truth, truth_path)
     prob_cols = [f"p_{label}" for label in spec.labels]
     id_col = next((c for c in ("id", spec.submission_id, spec.id_column) if c in frame.columns), None)
     label = predicted_column(frame)
@@ -30,6 +33,12 @@ def score_file(spec, pred_path, truth_path):
         probs = frame[prob_cols].astype(float).to_numpy() if predictions else np.eye(len(spec.labels))[decided]
     else:                                                 # a submission holding probabilities or a ranking
         probs, decided = read_back(spec, frame, str(pred_path))
+    order = _in_truth_order(frame, id_col, pred_path, truth_ids, truth_path)
+    return report(truth, probs[order], spec.labels, spec.metric, parsed=decided[order])
+
+
+def _in_truth_order(frame, id_col, pred_path, truth_ids, truth_path):
+    """The row of each labelled id in the predictions file, refused unless both hold the same ids."""
     ids = [id_key(i) for i in clean_ids(frame, id_col, pred_path)]
     at = {i: n for n, i in enumerate(ids)}
     missing = [i for i in truth_ids if i not in at]
@@ -37,8 +46,24 @@ def score_file(spec, pred_path, truth_path):
     if missing or extra:
         raise KitError(f"{pred_path}: ids do not match {truth_path}: "
                        f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unknown (e.g. {extra[:3]})")
-    order = [at[i] for i in truth_ids]
-    return report(truth, probs[order], spec.labels, spec.metric, parsed=decided[order])
+    return [at[i] for i in truth_ids]
+
+
+def _score_numbers(spec, frame, pred_path, truth_ids, truth, truth_path):
+    """A number task's submission (its label column) or predictions file (its written numbers)."""
+    column = "written" if "written" in frame.columns else spec.submission_label
+    id_col = next((c for c in ("id", spec.submission_id, spec.id_column) if c in frame.columns), None)
+    if id_col is None or column not in frame.columns:
+        raise KitError(f"{pred_path}: needs an id column and the numbers ({spec.submission_id!r} and "
+                       f"{spec.submission_label!r} as the submission writes them); has {list(frame.columns)}")
+    numbers = written_numbers(spec, frame.rename(columns={column: spec.submission_label}), str(pred_path))
+    order = _in_truth_order(frame, id_col, pred_path, truth_ids, truth_path)
+    return NumberColumn(spec).scores(np.asarray(truth, float), numbers[order])
+
+
+def format_score(spec, result):
+    """kit score's table of a score_file result."""
+    return format_number_report(result) if spec.shape == "number" else format_report(result, spec.labels)
 
 
 def score_target_columns(spec, frame, pred_path, truth_path):
