@@ -272,4 +272,4 @@ def test_levers_serve_and_export_refuse_a_number_task_in_one_line(tmp_path, monk
     kit("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
     assert "learn label probabilities" in refused("train", "--spec", spec, "--model", "tfidf", "--name", "p",
                                                   "--pseudo", "tf")
-    assert "a number task" in refused("serve", "--spec", spec, "--run", "tf")
+    assert "a number task (metric rmse) is predicted with kit predict" in refused("serve", "--spec", spec, "--run", "tf")

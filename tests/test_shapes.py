@@ -140,7 +140,7 @@ def test_blend_weights_on_log_loss_keep_the_lowest_loss():
     ("logloss", ("a", "b", "c"), 'columns = ["id", "x", "y"]\nclass_columns = {a = "x", b = "y"}\n',
      "class_columns: no column for label(s) ['c']"),
     ("logloss", ("a", "b", "c"), 'columns = ["id", "a", "b", "c"]\nlabel_column = "a"\n',
-     "label_column: shape 'classes' writes a column per label"),
+     "label_column: this shape writes a column per label (class_columns), not one"),
     ("macro_f1", ("a", "b", "c"), 'columns = ["id", "label"]\nshape = "ranks"\n', "shape: 'ranks' is not one of"),
 ])
 def test_a_metric_or_shape_that_does_not_fit_is_one_line(tmp_path, metric, labels, submission, message):

@@ -46,8 +46,9 @@ def serve(spec_path, run_name, host, port, api_key, batch_window_ms, max_batch, 
     if api_key is not None and not api_key.strip():
         raise KitError(f"--api-key (or {API_KEY_ENV}) is empty: give a key, or leave it unset for no auth")
     spec = load_spec(spec_path)
-    if spec.shape == "number":
-        raise KitError(f"{spec.path}: kit serve answers with labels; a number task (metric {spec.metric}) is "
+    if spec.shape == "number" or spec.several_labels:
+        what = "several label columns" if spec.several_labels else "a number task"
+        raise KitError(f"{spec.path}: kit serve answers with one label per row; {what} (metric {spec.metric}) is "
                        "predicted with kit predict")
     run = trained_run(spec, run_name, allow_spec_change, Path(runs_dir))
     sock = bind(host, port)

@@ -120,16 +120,20 @@ def answer_scores(model, ids, answers, pad_id, batch_size=32):
     return _run_batches(ids, per_batch, "score answers", forward)
 
 
-def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True, inputs=None, regression=False):
-    """P(label) from a classification head (the last real token is pooled); with regression the
-    head's one raw output per row (a regression head: no softmax)."""
+LINKS = {"softmax": lambda logits: torch.softmax(logits, -1),   # one label per row: P(label)
+         "sigmoid": torch.sigmoid,                              # several label columns: P(column) each
+         "identity": lambda logits: logits}                     # a regression head: the number
+
+
+def classify_proba(model, ids, pad_id, batch_size=32, use_prefix_cache=True, inputs=None, link="softmax"):
+    """The classification head's outputs per row (the last real token is pooled), through the
+    task's link: P(label), P(each label column), or a regression head's raw number."""
     decoder = is_decoder(model.config)
     make_inputs = _batch_inputs(model, ids, pad_id, use_prefix_cache and decoder, inputs, left=decoder)
 
     def forward(index, rows):
-        logits = model(**make_inputs(index, rows)).logits.float()
-        return (logits if regression else torch.softmax(logits, -1)).cpu().numpy()
-    return _run_batches(ids, batch_size, "regress" if regression else "classify", forward)
+        return LINKS[link](model(**make_inputs(index, rows)).logits.float()).cpu().numpy()
+    return _run_batches(ids, batch_size, "classify", forward)
 
 
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra",

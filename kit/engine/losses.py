@@ -1,5 +1,5 @@
 """The losses, each inside a module's forward (so DDP wraps it): answer tokens, the classify head, the
-regression head, soft targets and distillation."""
+regression head, several label columns, soft targets and distillation."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +74,16 @@ class RegressionLoss(torch.nn.Module):
         """The sum of the rows' squared errors; see AnswerLoss."""
         output = self.model(**inputs).logits.float()[:, 0]
         return F.mse_loss(output, torch.tensor(targets, dtype=torch.float32, device=output.device), reduction="sum")
+
+
+class SeveralLabelsLoss(RegressionLoss):
+    """Several 0/1 label columns: binary cross-entropy of each column's output, summed over the
+    columns and the rows (fit divides by the row count)."""
+
+    def forward(self, inputs, targets):
+        logits = self.model(**inputs).logits.float()
+        return F.binary_cross_entropy_with_logits(
+            logits, torch.tensor(targets, dtype=torch.float32, device=logits.device), reduction="sum")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,15 @@ import itertools
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from kit.evaluation.metrics import decide, metric_info, metric_value, number_value, tune_threshold
+from kit.evaluation.metrics import (
+    decide,
+    metric_info,
+    metric_value,
+    multi_label_value,
+    number_value,
+    tune_column_thresholds,
+    tune_threshold,
+)
 
 NON_SMOOTH = ("f1", "macro_f1", "accuracy")          # metrics worth a direct search over weights
 
@@ -23,6 +31,12 @@ def evaluate(metric, truth, blended):
     if metric_info(metric).needs == "numbers":
         score = number_value(metric, truth, blended[:, 0])
         return {"at_half": score, "tuned": None, "threshold": None, "score": score}
+    if np.ndim(truth) == 2:           # several label columns: flags metrics at per-column tuned thresholds
+        at_half = multi_label_value(metric, truth, blended)
+        if metric_info(metric).needs != "labels":
+            return {"at_half": at_half, "tuned": None, "threshold": None, "score": at_half}
+        tuned = multi_label_value(metric, truth, blended, tune_column_thresholds(truth, blended))
+        return {"at_half": at_half, "tuned": tuned, "threshold": None, "score": tuned}
     at_half = metric_value(metric, truth, decide(blended, None, 0.5), blended)
     if blended.shape[1] != 2 or metric_info(metric).needs != "labels":
         return {"at_half": at_half, "tuned": None, "threshold": None, "score": at_half}
@@ -54,7 +68,12 @@ def _grid_score(metric, truth, blended):
 
 
 def _true_probs(truth, probs):
-    """rows x runs: each run's probability of the true label; all that log loss looks at."""
+    """rows x runs: each run's probability of the true label; all that log loss looks at. Several
+    label columns: each (row, column)'s probability of its true 0/1, so the loss is the mean binary
+    cross-entropy."""
+    truth = np.asarray(truth)
+    if truth.ndim == 2:
+        return np.stack([np.where(truth == 1, p, 1 - p).ravel() for p in probs], axis=1)
     return np.stack([p[np.arange(len(truth)), truth] for p in probs], axis=1)
 
 
@@ -164,13 +183,13 @@ def fit_grid(metric, truth, probs):
 
 
 def fit_weights(metric, truth, probs):
-    """(weights, how, evaluation, tried): the log-loss weights (numbers: squared error); for non-smooth
-    metrics (<= 4 runs) also
-    the best grid point; each run alone as a last resort. Kept: the best OOF metric, the
-    log-loss weights on ties (they are the smoother, less overfitted choice)."""
+    """(weights, how, evaluation, tried): the log-loss weights (numbers: squared error; several label
+    columns: binary log loss); for a non-smooth metric of one label (<= 4 runs) also the best grid
+    point; each run alone as a last resort. Kept: the best OOF metric, the log-loss weights on ties
+    (they are the smoother, less overfitted choice)."""
     numbers = metric_info(metric).needs == "numbers"
     candidates = [fit_squared_error(truth, probs) if numbers else fit_log_loss(truth, probs)]
-    if metric in NON_SMOOTH and len(probs) in GRID_STEPS:
+    if metric in NON_SMOOTH and len(probs) in GRID_STEPS and np.ndim(truth) == 1:
         candidates.append(fit_grid(metric, truth, probs))
     candidates += [(np.eye(len(probs))[i], f"run {i + 1} alone") for i in range(len(probs))]
     best, tried = None, []

@@ -21,6 +21,8 @@ class Metric:
     binary_only: bool = False
     k: int = None
     cut_points: bool = False
+    rows_of: str = "one"       # "one": one label (or number) per row; "several": several label columns;
+                               # "either": both (macro_f1: over the labels, or over the columns)
 
     def better(self, a, b):
         """Whether score a beats score b."""
@@ -36,21 +38,34 @@ class Metric:
             return f"{where} metric: {self.name!r} needs two labels; use macro_f1 or logloss for {count}"
         if self.k is not None and not 1 <= self.k <= count:
             return f"{where} metric: {self.name!r} ranks {self.k} labels, the task has {count}"
+        if self.rows_of == "several":
+            return (f"{where} metric: {self.name!r} scores several label columns; one label per row takes "
+                    "f1, macro_f1, accuracy, auc, logloss or map@K")
+        return None
+
+    def check_columns(self, where):
+        """A one-line reason this metric does not score several label columns (None: it does)."""
+        if self.rows_of == "one":
+            return (f"{where} metric: {self.name!r} scores one label per row; several label columns take "
+                    f"{', '.join(MULTI_LABEL_METRICS)}")
         return None
 
 
 REGISTRY = {
     "f1": Metric("f1", True, "labels", binary_only=True),
-    "macro_f1": Metric("macro_f1", True, "labels"),
+    "macro_f1": Metric("macro_f1", True, "labels", rows_of="either"),
     "accuracy": Metric("accuracy", True, "labels"),
     "auc": Metric("auc", True, "probabilities"),
     "logloss": Metric("logloss", False, "probabilities"),
     "rmse": Metric("rmse", False, "numbers"),
     "mae": Metric("mae", False, "numbers"),
     "qwk": Metric("qwk", True, "numbers", cut_points=True),
+    "mean_auc": Metric("mean_auc", True, "probabilities", rows_of="several"),
+    "micro_f1": Metric("micro_f1", True, "labels", rows_of="several"),
 }
 METRIC_NAMES = (*REGISTRY, "map@K")
 NUMBER_METRICS = tuple(name for name, metric in REGISTRY.items() if metric.needs == "numbers")
+MULTI_LABEL_METRICS = tuple(name for name, metric in REGISTRY.items() if metric.rows_of != "one")
 MAP_AT = re.compile(r"map@([1-9][0-9]?)")
 
 
@@ -138,6 +153,32 @@ def tune_cut_points(truth, values, low, high, rounds=3):
                 if score > best + 1e-12:
                     best, cuts = score, trial
     return [round(float(c), 4) for c in cuts], best
+
+
+def multi_label_value(name, truth, probs, thresholds=0.5):
+    """A metric over several 0/1 label columns (rows x columns): mean_auc averages each column's
+    AUC (columns whose rows are all 0 or all 1 have none and are left out, as in the toxic-comment
+    competitions); micro_f1 and macro_f1 decide each column at its threshold."""
+    truth, probs = np.asarray(truth, int), np.asarray(probs, float)
+    if name == "mean_auc":
+        aucs = column_aucs(truth, probs)
+        scored = [a for a in aucs if not np.isnan(a)]
+        return float(np.mean(scored)) if scored else float("nan")
+    decided = (probs >= np.asarray(thresholds, float)).astype(int)
+    average = {"micro_f1": "micro", "macro_f1": "macro"}[name]
+    return float(sk.f1_score(truth, decided, average=average, zero_division=0))
+
+
+def column_aucs(truth, probs):
+    """Each label column's AUC (NaN where its rows are all one value)."""
+    return [float(sk.roc_auc_score(truth[:, j], probs[:, j])) if len(set(truth[:, j].tolist())) == 2
+            else float("nan") for j in range(truth.shape[1])]
+
+
+def tune_column_thresholds(truth, probs):
+    """Per label column, the threshold of best F1 on these rows (OOF, never the test)."""
+    truth = np.asarray(truth, int)
+    return [round(tune_threshold(truth[:, j], probs[:, j], "f1")[0], 4) for j in range(truth.shape[1])]
 
 
 def decide(probs, parsed=None, threshold=None, positive=1):

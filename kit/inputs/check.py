@@ -40,12 +40,17 @@ def check_all(spec, submission_path=None, split="test"):
 
 
 def _what_is_learned(spec):
+    if spec.several_labels:
+        return f"label columns {spec.labels}, each 0 or 1"
     if spec.shape != "number":
         return f"labels {spec.labels}"
     return "a number per row" + (f" on the scale [{spec.scale[0]:g}, {spec.scale[1]:g}]" if spec.scale else "")
 
 
 def _label_counts(spec, labels):
+    if spec.several_labels:
+        positives = {column: sum(flags[j] for flags in labels) for j, column in enumerate(spec.labels)}
+        return f", rows with a 1 per column {positives}"
     if spec.shape != "number":
         return f", labels { {label: labels.count(i) for i, label in enumerate(spec.labels)} }"
     return (f", {spec.label_column} from {min(labels):g} to {max(labels):g} (mean {sum(labels) / len(labels):.3g}, "

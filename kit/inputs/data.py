@@ -29,7 +29,8 @@ class Rows:
     """What every model sees: one input text per row, its id, and (train) its label index."""
     ids: list
     texts: list
-    labels: list = None      # label indices into spec.labels, or None for unlabelled splits
+    labels: list = None      # label indices into spec.labels (a number task: the numbers; several label
+                             # columns: a tuple of 0/1 per row), or None for unlabelled splits
     soft: list = None        # levers (kit/workflows/levers.py): per row a probability vector to learn instead
                              # of the label (a soft pseudo-label), or None
     teacher: list = None     # per row the teacher's probability per label (distillation), or None
@@ -229,18 +230,20 @@ def input_key(spec):
     return f"{spec.path} {table} input"
 
 
-def render_inputs(frame, template, path, key=None, answer=None):
+def render_inputs(frame, template, path, key=None, answers=()):
     """Fill the spec's input template from each row; report rows whose fields are all empty.
 
     key (input_key(spec)) marks a training file, where the template must give some row a text
     (TF-IDF would fail on an empty vocabulary, a model would learn nothing) and no column it names
-    may be a copy of the answer column (the label, a target's source)."""
+    may be a copy of an answer column (the label, each of several label columns, a target's source)."""
     fields = template_fields(template)
     require_columns(frame, fields, path, "used by the input template")
-    if key is not None and answer is not None and answer in frame.columns:
-        answers = frame[answer].str.strip()
+    for answer in answers if key is not None else ():
+        if answer not in frame.columns:
+            continue
+        values = frame[answer].str.strip()
         for column in fields:
-            if column != answer and frame[column].str.strip().equals(answers):
+            if column != answer and frame[column].str.strip().equals(values):
                 raise KitError(f"{key}: column {column!r} is identical to the answer column {answer!r} in {path}; "
                                "the input must not contain the answer")
     records = frame[fields].to_dict("records")
@@ -261,24 +264,41 @@ def load_rows(spec, split="train", frame=None):
     ids = clean_ids(frame, spec.id_column, path)
     train = split == "train"
     texts, empty = render_inputs(frame, spec.input_template, path, key=input_key(spec) if train else None,
-                                 answer=spec.label_column if train else None)
+                                 answers=spec.answer_columns if train else ())
     if empty:
         log(f"{path}: {empty} row(s) have empty input fields; "
             + ("they still get a prediction" if split != "train" else "they are kept for training"))
     labels = None
     if split == "train" and spec.has_labels:
-        require_columns(frame, [spec.label_column], path, "the spec's [columns] label")
-        labels = read_labels(spec, frame[spec.label_column].tolist(), path)
+        require_columns(frame, spec.answer_columns, path, "the spec's [columns] label")
+        labels = read_labels(spec, frame, path)
         require_two_labels(labels, spec, path)
     return Rows(ids, texts, labels), frame
 
 
-def read_labels(spec, values, path):
-    """The label column's cells as what is learned and scored: label indices, or for a number
-    task (shape number) the numbers themselves."""
+def read_labels(spec, frame, path):
+    """The label column's cells as what is learned and scored: label indices; for a number task
+    (shape number) the numbers themselves; for several label columns a tuple of 0/1 per row."""
+    if spec.several_labels:
+        return read_flags(frame, spec.label_columns, path)
+    values = frame[spec.label_column].tolist()
     if spec.shape == "number":
         return read_numbers(values, spec.scale, path, spec.label_column)
     return normalise_labels(values, spec.labels, path, spec.label_column)
+
+
+def read_flags(frame, columns, path):
+    """Several label columns' cells -> a tuple of 0/1 per row ("1", "1.0", "0" and "0.0" read as such)."""
+    flags = {}
+    for column in columns:
+        flags[column] = []
+        for row, value in enumerate(frame[column].tolist(), start=2):
+            text = str(value).strip()
+            flag = 1 if _same_number(text, "1") else 0 if _same_number(text, "0") else None
+            if flag is None:
+                raise KitError(f"{path}: row {row}: label column {column!r} holds {value!r}, not 0 or 1")
+            flags[column].append(flag)
+    return list(zip(*(flags[c] for c in columns)))
 
 
 def read_numbers(values, scale, path, column):
@@ -300,6 +320,8 @@ def read_numbers(values, scale, path, column):
 
 def require_two_labels(labels, spec, path):
     """A classifier cannot be fitted on one class (scikit-learn fails deep inside)."""
+    if spec.several_labels:
+        return                    # a column that is all 0 or all 1 is learned as a constant
     if len(set(labels)) < 2:
         one = labels[0] if spec.shape == "number" else spec.labels[labels[0]]
         raise KitError(f"{path}: column {spec.label_column!r} has only one {'value' if spec.shape == 'number' else 'label'} "
@@ -309,8 +331,8 @@ def require_two_labels(labels, spec, path):
 def labelled_rows(spec, path):
     """Any CSV with the spec's id and label columns (e.g. a labelled copy of a test split)."""
     frame = read_csv(path)
-    require_columns(frame, [spec.id_column, spec.label_column], path, "needed to score")
+    require_columns(frame, [spec.id_column, *spec.answer_columns], path, "needed to score")
     ids = clean_ids(frame, spec.id_column, path)
-    return ids, read_labels(spec, frame[spec.label_column].tolist(), path)
+    return ids, read_labels(spec, frame, path)
 
 

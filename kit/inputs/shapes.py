@@ -7,6 +7,8 @@ classes      a column per label holding its probability, rows summing to 1 (logl
 top_k        the k most probable labels, best first, joined by a separator (map@k)
 number       a number per row, inside the spec's scale when it has one (rmse, mae); qwk: an
              integer of the scale
+column_probabilities   several label columns: each column's probability (mean_auc)
+column_flags           several label columns: each column 0 or 1 (micro_f1, macro_f1)
 """
 import numpy as np
 
@@ -14,27 +16,33 @@ from kit.core.errors import KitError
 from kit.evaluation.metrics import metric_info, ranked
 
 SHAPES = ("label", "probability", "classes", "top_k", "number")
+MULTI_SHAPES = ("column_probabilities", "column_flags")     # a spec with several label columns
 SUM_TOLERANCE = 1e-3      # how far a per-class row may sum from 1 (written ones: within 1e-5)
 DIGITS = 6                # probabilities are written rounded to this many decimals
-FITS = {"label": "labels", "probability": "probabilities", "classes": "probabilities", "top_k": "ranking", "number": "numbers"}
+FITS = {"label": "labels", "probability": "probabilities", "classes": "probabilities", "top_k": "ranking", "number": "numbers",
+        "column_probabilities": "probabilities", "column_flags": "labels"}
 
 
-def default_shape(metric, labels):
-    """The shape a competition scored by this metric asks for."""
+def default_shape(metric, labels, several=False):
+    """The shape a competition scored by this metric asks for (several: of several label columns)."""
     needs = metric_info(metric).needs
+    if several:
+        return "column_probabilities" if needs == "probabilities" else "column_flags"
     if needs == "probabilities":
         return "probability" if len(labels) == 2 else "classes"
     return {"labels": "label", "ranking": "top_k", "numbers": "number"}[needs]
 
 
-def shape_error(shape, metric, labels):
+def shape_error(shape, metric, labels, several=False):
     """A one-line reason this shape does not fit the metric or the labels (None: it fits)."""
-    if shape not in SHAPES:
-        return f"{shape!r} is not one of {', '.join(SHAPES)}"
+    known = MULTI_SHAPES if several else SHAPES
+    if shape not in known:
+        return (f"{shape!r} is not one of {', '.join(known)}"
+                + (" (the shapes of several label columns)" if several else ""))
     needs = metric_info(metric).needs
     if FITS[shape] != needs:
         return (f"{shape!r} does not fit metric {metric!r}, which scores {needs}; "
-                f"use shape = {default_shape(metric, labels)!r}")
+                f"use shape = {default_shape(metric, labels, several)!r}")
     if shape == "probability" and len(labels) != 2:
         return f"'probability' writes P(positive) of two labels, the task has {len(labels)}; use 'classes'"
     return None
@@ -42,7 +50,7 @@ def shape_error(shape, metric, labels):
 
 def label_columns(spec):
     """The submission columns the label fills."""
-    return list(spec.class_columns.values()) if spec.shape == "classes" else [spec.submission_label]
+    return list(spec.class_columns.values()) if spec.class_columns else [spec.submission_label]
 
 
 def top_k(spec):
@@ -110,8 +118,26 @@ def check(spec, submission, where):
         _class_probs(spec, submission, where)
     elif spec.shape == "number":
         written_numbers(spec, submission, where)
+    elif spec.shape in MULTI_SHAPES:
+        column_outputs(spec, submission, where)
     else:
         _lists(spec, submission, where)
+
+
+def column_outputs(spec, submission, where):
+    """Several label columns' values (rows x columns): probabilities in [0, 1], or flags 0 / 1."""
+    if spec.shape == "column_probabilities":
+        return np.stack([_numbers(submission, c, where) for c in spec.class_columns.values()], 1)
+    out = []
+    for column in spec.class_columns.values():
+        raw = submission[column]
+        numbers = np.array([_float(v) for v in raw])
+        bad = ~np.isin(numbers, (0.0, 1.0))
+        if bad.any():
+            row = int(bad.argmax())
+            raise KitError(f"{where}: row {row + 2}: {column} {raw.iloc[row]!r} is not 0 or 1")
+        out.append(numbers)
+    return np.stack(out, 1)
 
 
 def written_numbers(spec, submission, where):

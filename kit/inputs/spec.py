@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kit.core.errors import KitError
-from kit.evaluation.metrics import METRIC_NAMES, NUMBER_METRICS, metric_info
-from kit.inputs.shapes import default_shape, shape_error
+from kit.evaluation.metrics import METRIC_NAMES, MULTI_LABEL_METRICS, NUMBER_METRICS, metric_info
+from kit.inputs.shapes import MULTI_SHAPES, default_shape, shape_error
 
 DEFAULT_SPEC = "data/competition.toml"
 
@@ -61,7 +61,7 @@ class Spec:
     train: Path
     splits: dict                 # split name -> CSV path
     id_column: str
-    label_column: str            # None: the spec predicts only [targets] columns
+    label_column: str            # None: the spec predicts only [targets] columns (or several label columns)
     input_template: str          # "title:{title},abstract:{abstract}"
     instruction: str
     labels: list                 # label values in their CSV form, e.g. ["0", "1"]
@@ -83,11 +83,22 @@ class Spec:
     class_columns: dict = field(default_factory=dict)   # shape classes: label -> its submission column
     separator: str = " "       # shape top_k: what joins a row's labels
     scale: list = None         # shape number: [low, high] the numbers lie in (qwk: its integers)
+    label_columns: list = field(default_factory=list)   # several label columns, each 0/1 per row (then labels)
+
+    @property
+    def several_labels(self):
+        """[columns] label names several 0/1 columns (toxic-comment style): labels are those columns."""
+        return bool(self.label_columns)
+
+    @property
+    def answer_columns(self):
+        """The training file's columns that hold what is learned (none of them may be an input)."""
+        return self.label_columns or ([self.label_column] if self.label_column else [])
 
     @property
     def has_labels(self):
         """False for a spec whose only task is a predicted column (keywords, no label)."""
-        return self.label_column is not None
+        return self.label_column is not None or self.several_labels
 
     def for_target(self, column):
         """The spec a predicted column is learned and scored under: its answers (source column,
@@ -136,6 +147,7 @@ class Spec:
             **({"target": self.target} if self.target else {}),
             **({"few_shot": int(self.few_shot)} if self.few_shot else {}),   # absent: earlier keys stand
             **({"scale": list(self.scale)} if self.scale else {}),
+            **({"label_columns": list(self.label_columns)} if self.label_columns else {}),
         }
 
     def fingerprint(self):
@@ -296,23 +308,27 @@ def _metric(task, labels, where):
     return metric
 
 
-def _shape(submission, metric, labels, label_column, where):
+def _shape(submission, metric, labels, label_column, where, several=False):
     """(shape, class columns, separator) of [submission]: what the label's columns hold."""
-    if label_column is None:
+    if label_column is None and not several:
         extra = [key for key in ("shape", "class_columns", "separator") if key in submission]
         if extra:
             raise KitError(f"{where} {extra[0]}: the spec has no [columns] label to write")
         return "label", {}, " "
-    shape = submission.get("shape", default_shape(metric, labels))
-    error = shape_error(shape, metric, labels) if isinstance(shape, str) else f"must be a string, got {shape!r}"
+    shape = submission.get("shape", default_shape(metric, labels, several))
+    error = (shape_error(shape, metric, labels, several) if isinstance(shape, str)
+             else f"must be a string, got {shape!r}")
     if error:
         raise KitError(f"{where} shape: {error}")
-    for key, needed in (("class_columns", "classes"), ("separator", "top_k")):
-        if key in submission and shape != needed:
-            raise KitError(f"{where} {key}: only shape = {needed!r} uses it (the shape is {shape!r})")
+    per_label = ("classes", *MULTI_SHAPES)        # the shapes that write a column per label
+    if "class_columns" in submission and shape not in per_label:
+        raise KitError(f"{where} class_columns: only shapes {', '.join(map(repr, per_label))} use it (the shape is "
+                       f"{shape!r})")
+    if "separator" in submission and shape != "top_k":
+        raise KitError(f"{where} separator: only shape = 'top_k' uses it (the shape is {shape!r})")
     classes = _per_label(submission, "class_columns", labels, where)
     missing = [label for label in labels if label not in classes]
-    if classes and missing:
+    if classes and missing and shape == "classes":     # several label columns keep their names unless renamed
         raise KitError(f"{where} class_columns: no column for label(s) {missing}")
     separator = submission.get("separator", " ")
     if not isinstance(separator, str) or not separator or "\n" in separator or "\r" in separator:
@@ -320,7 +336,7 @@ def _shape(submission, metric, labels, label_column, where):
     clash = [label for label in labels if separator in label]
     if shape == "top_k" and clash:
         raise KitError(f"{where} separator: {separator!r} occurs in label {clash[0]!r}; a list could not be read back")
-    return shape, ({label: classes.get(label, label) for label in labels} if shape == "classes" else {}), separator
+    return shape, ({label: classes.get(label, label) for label in labels} if shape in per_label else {}), separator
 
 
 def _few_shot(task, where):
@@ -355,12 +371,12 @@ def _safe_name(name, message):
     return name
 
 
-def _submission(submission, id_column, label_column, splits, base, targets, classes, where):
+def _submission(submission, id_column, label_column, splits, base, targets, classes, where, several=False):
     """(columns, id column, label column, fill, sample path, sample split) of [submission]. Every
     column is the id, the label (or with shape "classes" one per label), a [submission.fill]
     template or a predicted [targets] column."""
     outputs = list(classes.values()) or [label_column]
-    columns = submission.get("columns", [id_column, *outputs] if label_column else [id_column, *targets])
+    columns = submission.get("columns", [id_column, *outputs] if label_column or several else [id_column, *targets])
     if not isinstance(columns, list) or not columns:
         raise KitError(f"{where} columns: must be a non-empty list of column names, got {columns!r}")
     for column in columns:
@@ -371,10 +387,10 @@ def _submission(submission, id_column, label_column, splits, base, targets, clas
         raise KitError(f"{where} columns: duplicates {duplicates}")
     sub_id = _typed(submission, "id_column", where, default=id_column)
     sub_label = _typed(submission, "label_column", where, default=None if classes else label_column)
+    if sub_label is not None and classes:
+        raise KitError(f"{where} label_column: this shape writes a column per label (class_columns), not one")
     if sub_label is not None and label_column is None:
         raise KitError(f"{where} label_column: the spec has no [columns] label to predict it from")
-    if sub_label is not None and classes:
-        raise KitError(f"{where} label_column: shape 'classes' writes a column per label (class_columns), not one")
     for label, column in classes.items():
         if column not in columns:
             raise KitError(f"{where} class_columns: the column of label {label!r}, {column!r}, is not in columns "
@@ -472,9 +488,11 @@ def _targets(raw, base, input_template, max_length, path):
             for column, table in targets.items()}
 
 
-def _label_task(task, label_column, where):
+def _label_task(task, label_column, where, label_columns=()):
     """(labels, label words, metric, instruction, scale) of [task]; none of them without a label
     column; a metric over numbers (rmse, mae, qwk) makes it a number task: no labels, a scale."""
+    if label_columns:
+        return _several_labels_task(task, label_columns, where)
     if label_column is None:
         extra = [key for key in ("labels", "label_words", "label_descriptions", "metric", "instruction", "few_shot",
                                  "scale") if key in task]
@@ -495,6 +513,39 @@ def _label_task(task, label_column, where):
     instruction = instruction.strip() or f"Classify the text. Answer with one of: {', '.join(words.values())}."
     instruction += _descriptions(task, labels, words, where)
     return labels, words, metric, instruction, None
+
+
+def _several_labels_task(task, columns, where):
+    """Several 0/1 label columns: the labels are the columns; a head gives each its own probability."""
+    extra = [key for key in (*LABEL_ONLY_KEYS, "scale") if key in task]
+    if extra:
+        raise KitError(f"{where} {extra[0]}: [columns] label names several 0/1 columns, which are the labels; "
+                       f"drop {extra[0]}")
+    metric = task.get("metric", "mean_auc")
+    info = metric_info(metric) if isinstance(metric, str) else None
+    if info is None:
+        raise KitError(f"{where} metric: {metric!r} is not one of {', '.join(MULTI_LABEL_METRICS)} (several label "
+                       "columns)")
+    mismatch = info.check_columns(where)
+    if mismatch:
+        raise KitError(mismatch)
+    instruction = task.get("instruction", "")
+    if not isinstance(instruction, str):
+        raise KitError(f"{where} instruction: must be a string, got {instruction!r}")
+    instruction = instruction.strip() or f"Which of these apply to the text: {', '.join(columns)}?"
+    return list(columns), {c: c for c in columns}, metric, instruction, None
+
+
+def _label_columns(raw, id_column, where):
+    """[columns] label as (one column, []) or, given a list, (None, several 0/1 columns)."""
+    if not isinstance(raw, list):
+        return _typed({"label": raw} if raw is not None else {}, "label", where), []
+    if len(raw) < 2 or not all(isinstance(c, str) and c.strip() for c in raw) or len(set(raw)) != len(raw):
+        raise KitError(f"{where} label: several label columns are a list of at least two distinct column names, "
+                       f"got {raw!r}")
+    if id_column in raw:
+        raise KitError(f"{where} id and label both name column {id_column!r}")
+    return None, list(raw)
 
 
 def _number_task(task, info, where):
@@ -585,19 +636,21 @@ def load_spec(path=DEFAULT_SPEC):
     template = _input_template(columns, where)
     max_length = _max_length(task, f"{path} [task]")
     targets = _targets(raw, base, template, max_length, path)
-    label_column = _typed(columns, "label", where)
-    if label_column is None and not targets:
+    label_column, label_columns = _label_columns(columns.get("label"), id_column, where)
+    several = bool(label_columns)
+    if label_column is None and not several and not targets:
         raise KitError(f"{where}: missing key 'label' (or predict a column of [targets] instead)")
     if label_column == id_column:
         raise KitError(f"{where} id and label are the same column {id_column!r}")
-    labels, words, metric, instruction, scale = _label_task(task, label_column, f"{path} [task]")
-    shape, classes, separator = _shape(submission, metric, labels, label_column, f"{path} [submission]")
+    labels, words, metric, instruction, scale = _label_task(task, label_column, f"{path} [task]", label_columns)
+    shape, classes, separator = _shape(submission, metric, labels, label_column, f"{path} [submission]", several)
     sub_columns, sub_id, sub_label, fill, sample, sample_split = _submission(
-        submission, id_column, label_column, splits, base, targets, classes, f"{path} [submission]")
-    _answer_free(template, "input", [(label_column, "the label column")], where)
+        submission, id_column, label_column, splits, base, targets, classes, f"{path} [submission]", several)
+    learned = [(c, "the label column") for c in label_columns or [label_column]]
+    _answer_free(template, "input", learned, where)
     for column, target in targets.items():
         key = "input" if "input" in raw["targets"][column] else "input (the [columns] input)"
-        _answer_free(target.input_template, key, [(label_column, "the label column"),
+        _answer_free(target.input_template, key, [*learned,
                                                   (target.source, "its source column")],
                      f"{path} [targets.{column}]")
     _not_a_directory(base, {"train": train}, f"{path}")
@@ -615,5 +668,5 @@ def load_spec(path=DEFAULT_SPEC):
         submission_id=sub_id, fill=fill, sample=sample, sample_split=sample_split,
         answers={split: base / file for split, file in answers.items()},
         raw=raw, few_shot=_few_shot(task, f"{path} [task]") if label_column else 0,
-        shape=shape, class_columns=classes, separator=separator, scale=scale,
+        shape=shape, class_columns=classes, separator=separator, scale=scale, label_columns=label_columns,
     )

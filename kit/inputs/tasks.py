@@ -22,6 +22,8 @@ class Task:
     # the TF-IDF baseline then picks its C by log loss and keeps the class prior (no class weights)
     calibrated: bool = False
     regression = False        # a number per row (NumberTask), not a probability per label
+    several = False           # a probability per label column, each on its own (SeveralLabelsTask)
+    link = "softmax"          # how a classify head's outputs become the prediction's (kit/engine/inference.py)
 
     @property
     def outputs(self):
@@ -58,6 +60,19 @@ class Task:
 
 
 @dataclass
+class SeveralLabelsTask(Task):
+    """The task of several 0/1 label columns: one independent probability per column (a sigmoid
+    output each, learned by binary cross-entropy); words are the columns' names."""
+    several = True
+    link = "sigmoid"
+
+    @classmethod
+    def from_spec(cls, spec, max_length=None):
+        return cls(spec.instruction, list(spec.labels), max_length or spec.max_length,
+                   calibrated=metric_info(spec.metric).needs == "probabilities")
+
+
+@dataclass
 class NumberTask(Task):
     """The task of a number per row (a score, a grade): one regression output learned by squared
     error on standardised targets; center and spread are the training targets' mean and standard
@@ -67,6 +82,7 @@ class NumberTask(Task):
     center: float = 0.0
     spread: float = 1.0
     regression = True
+    link = "identity"
 
     @property
     def outputs(self):
@@ -114,7 +130,7 @@ def target_rows(target_spec, split, frame=None):
     ids = clean_ids(frame, target_spec.id_column, path)
     train = split == "train"              # the training file: some text, and none of it the answers
     texts, _ = render_inputs(frame, target_spec.input_template, path, key=input_key(target_spec) if train else None,
-                             answer=target_spec.label_column if train else None)
+                             answers=[target_spec.label_column] if train and target_spec.label_column else ())
     source = target_spec.label_column
     answers = None
     if source is not None and (split == "train" or source in frame.columns):

@@ -10,10 +10,10 @@ import numpy as np
 
 from kit.core.errors import KitError
 from kit.core.settings import ModelArgs, TrainArgs
-from kit.inputs.tasks import KeywordTask, NumberTask, Task
+from kit.inputs.tasks import KeywordTask, NumberTask, SeveralLabelsTask, Task
 
 MODEL_FILE = "kit_model.json"     # what every saved estimator writes: its kind, task and settings
-TASK_TYPES = {cls.__name__: cls for cls in (Task, NumberTask, KeywordTask)}   # what a model file's task may be
+TASK_TYPES = {cls.__name__: cls for cls in (Task, NumberTask, SeveralLabelsTask, KeywordTask)}   # what a model file's task may be
 
 
 class NotFittedError(KitError):

@@ -4,7 +4,8 @@ beating: on the 5-class medical abstracts a fixed C=4 without class weights gave
 0.44 where this gives about 0.57). When the metric scores probabilities (auc, logloss), C is chosen
 by log loss and the class weights are left out, so the probabilities keep the class prior. A number
 task gets ridge regression on the same features, its alpha chosen by leave-one-out on the training
-rows (scikit-learn's efficient RidgeCV).
+rows (scikit-learn's efficient RidgeCV); several label columns get one binary logistic regression per
+column (one-vs-rest), each with its own C.
 
 Saved as JSON (settings, vocabulary) and a NumPy .npz of plain arrays, never a pickle: a model
 folder from someone else must not be able to run code when it is loaded.
@@ -35,6 +36,41 @@ def refuse_soft_targets(soft, teacher):
                        "targets need --head classify on an LLM or encoder)")
 
 
+class ColumnClassifiers:
+    """One binary logistic regression per label column (plain arrays: coef rows x features,
+    intercepts); a column that is constant in the training rows predicts its constant."""
+    CS = (0.25, 1.0, 4.0, 16.0)
+
+    def __init__(self, coef, intercept, C):
+        self.coef_, self.intercept_, self.C = np.asarray(coef, float), np.asarray(intercept, float), C
+
+    @classmethod
+    def fit(cls, features, flags, calibrated, seed):
+        coef, intercept, chosen = np.zeros((flags.shape[1], features.shape[1])), np.zeros(flags.shape[1]), []
+        for j in range(flags.shape[1]):
+            y = flags[:, j]
+            rarer = min(int(y.sum()), int(len(y) - y.sum()))
+            if rarer == 0:            # all 0 or all 1 here: the constant, as a logit
+                share = np.clip(y.mean(), 1e-4, 1 - 1e-4)
+                intercept[j] = np.log(share / (1 - share))
+                chosen.append(None)
+                continue
+            weights = None if calibrated else "balanced"
+            if rarer >= 3:            # C by an inner 3-fold CV, as for one label
+                fitted = LogisticRegressionCV(Cs=list(cls.CS), cv=3, scoring="neg_log_loss" if calibrated else "f1",
+                                              class_weight=weights, l1_ratios=(0.0,), use_legacy_attributes=False,
+                                              max_iter=2000, random_state=seed).fit(features, y)
+                c = float(np.ravel(fitted.C_)[0])
+            else:                     # too few positives to cross-validate C
+                fitted, c = LogisticRegression(C=1.0, class_weight=weights, max_iter=2000).fit(features, y), 1.0
+            coef[j], intercept[j] = fitted.coef_[0], fitted.intercept_[0]
+            chosen.append(c)
+        return cls(coef, intercept, chosen)
+
+    def predict_proba(self, features):
+        return 1 / (1 + np.exp(-(features @ self.coef_.T + self.intercept_)))
+
+
 class TfidfModel(Estimator):
     kind = TFIDF
 
@@ -60,6 +96,11 @@ class TfidfModel(Estimator):
             self.classifier = RidgeCV(alphas=RIDGE_ALPHAS).fit(features, np.asarray(rows.labels, float))
             self._fitted_now()
             return self
+        if self.task.several:
+            self.classifier = ColumnClassifiers.fit(features, np.asarray(rows.labels, int), calibrated,
+                                                    self.train_args.seed)
+            self._fitted_now()
+            return self
         self.classifier = LogisticRegressionCV(
             Cs=[0.25, 1.0, 4.0, 16.0], cv=3, scoring=scoring, class_weight=None if calibrated else "balanced",
             l1_ratios=(0.0,),
@@ -72,6 +113,8 @@ class TfidfModel(Estimator):
         if self.task.regression:      # the number, as the one column of the prediction's outputs
             values = self.classifier.predict(self.vectorizer.transform(rows.texts))
             return Prediction(np.asarray(values, float).reshape(-1, 1), [TFIDF] * len(rows))
+        if self.task.several:
+            return Prediction(self.classifier.predict_proba(self.vectorizer.transform(rows.texts)), [TFIDF] * len(rows))
         probs = np.zeros((len(rows), len(self.task.words)))
         probs[:, self.classifier.classes_] = self.classifier.predict_proba(self.vectorizer.transform(rows.texts))
         return Prediction(probs, [TFIDF] * len(rows))
@@ -81,6 +124,11 @@ class TfidfModel(Estimator):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         vocabulary = {term: int(index) for term, index in self.vectorizer.vocabulary_.items()}
+        if self.task.several:
+            self._write_model_file(directory, vocabulary=vocabulary, vectorizer=VECTORIZER, C=self.classifier.C)
+            np.savez(directory / ARRAYS, idf=self.vectorizer.idf_, coef=self.classifier.coef_,
+                     intercept=self.classifier.intercept_)
+            return
         if self.task.regression:
             self._write_model_file(directory, vocabulary=vocabulary, vectorizer=VECTORIZER,
                                    alpha=float(self.classifier.alpha_))
@@ -102,7 +150,9 @@ class TfidfModel(Estimator):
             vectorizer = TfidfVectorizer(**settings)
             vectorizer.vocabulary_ = state["vocabulary"]
             vectorizer.idf_ = arrays["idf"]
-            if model.task.regression:
+            if model.task.several:
+                classifier = ColumnClassifiers(arrays["coef"], arrays["intercept"], list(state["C"]))
+            elif model.task.regression:
                 classifier = Ridge(alpha=state["alpha"])
                 classifier.coef_, classifier.intercept_ = arrays["coef"], float(arrays["intercept"][0])
             else:

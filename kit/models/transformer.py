@@ -88,6 +88,9 @@ class TransformerModel(Estimator):
         if self.task.regression and self.args.head != "classify":
             raise KitError(f"--head {self.args.head}: a number task learns a regression head (one output, squared "
                            "error); use --head classify")
+        if self.task.several and self.args.head != "classify":
+            raise KitError(f"--head {self.args.head}: several label columns are learned by a head with an output "
+                           "per column (binary cross-entropy); use --head classify")
         self.path = resolve_model(self.args.model)
         self.model = self.tokenizer = None
         self.loss_log = []
@@ -308,6 +311,8 @@ class TransformerModel(Estimator):
         if self.task.regression:
             targets = [(y - self.task.center) / self.task.spread for y in rows.labels]
             return ids, targets, losses.RegressionLoss(model)
+        if self.task.several:
+            return ids, [list(flags) for flags in rows.labels], losses.SeveralLabelsLoss(model)
         if self.args.head == "generate":
             targets = [self.answers[label] for label in rows.labels]
             sequences = [s + t for s, t in zip(ids, targets)]
@@ -363,7 +368,7 @@ class TransformerModel(Estimator):
                 log("predict: a classify-head model has no answers to generate; using its label probabilities")
             with self._inputs_maker(ids) as inputs:
                 probs = classify_proba(self.model, ids, pad, size, self.args.prefix_cache, inputs=inputs,
-                                       regression=self.task.regression)
+                                       link=self.task.link)
             if self.task.regression:  # the number, as the one column of the prediction's outputs
                 values = self.task.center + self.task.spread * probs
                 return Prediction(values, ["regression"] * len(ids), stats={**stats, **self.predict_frozen})

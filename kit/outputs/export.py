@@ -335,9 +335,10 @@ def export_run(spec, out, run=None, force=False, trust_remote_code=False, runs=R
     check_destination(out, chosen.directory, force)
     estimator = _load_estimator(chosen, trust_remote_code)
     saved_weights(chosen.model_dir, estimator.args)      # safetensors only, before any weight file is opened
-    if estimator.task.regression:
-        raise KitError(f"run {chosen.name}: a number task's regression head is not exported (the export writes a "
-                       "label classifier or generator); predict it with kit predict")
+    if estimator.task.regression or estimator.task.several:
+        what = "several label columns' head" if estimator.task.several else "a number task's regression head"
+        raise KitError(f"run {chosen.name}: {what} is not exported (the export writes a one-label classifier or "
+                       "generator); predict it with kit predict")
     labels, words = _labels(chosen, estimator)
     dtype = _export_dtype(estimator, chosen, dtype)
     with writing(out):

@@ -5,6 +5,7 @@ from kit.core.errors import KitError
 from kit.tasks.keywords import KeywordColumn
 from kit.tasks.label import LabelColumn
 from kit.tasks.number import NumberColumn
+from kit.tasks.several import SeveralLabelsColumn
 
 
 def column_of(spec, target=None, command="train"):
@@ -18,7 +19,10 @@ def column_of(spec, target=None, command="train"):
 
 
 def label_column(spec):
-    """The task of the spec's [columns] label: labels, or a number per row (shape number)."""
+    """The task of the spec's [columns] label: labels, a number per row (shape number), or several
+    0/1 label columns."""
+    if spec.several_labels:
+        return SeveralLabelsColumn(spec)
     return NumberColumn(spec) if spec.shape == "number" else LabelColumn(spec)
 
 

@@ -100,8 +100,11 @@ class LabelColumn:
         """The per-row files' columns of the model's outputs: a probability per label."""
         return [f"p_{label}" for label in self.spec.labels]
 
-    def truth(self, values, path):
+    truth_columns = ["true"]
+
+    def truth(self, frame, path):
         """oof.csv's "true" column as label indices."""
+        values = frame["true"].tolist()
         lookup = {label: i for i, label in enumerate(self.spec.labels)}
         unknown = sorted(set(values) - set(lookup))
         if unknown:

@@ -78,10 +78,11 @@ class NumberColumn:
 
     # -- what blends read and write (kit/workflows/blend.py) -------------------------------------
     output_columns = [OOF_PREDICTED]     # the per-row files' columns of the model's outputs
+    truth_columns = ["true"]
 
-    def truth(self, values, path):
+    def truth(self, frame, path):
         """oof.csv's "true" column as what the metric scores."""
-        return np.asarray(read_numbers(values, None, path, "true"), float)
+        return np.asarray(read_numbers(frame["true"].tolist(), None, path, "true"), float)
 
     def blend_decision(self, truth, blended, evaluation):
         """qwk: cut points tuned on the blended OOF rows; otherwise the numbers are written as they are."""

@@ -42,11 +42,11 @@ def _oof(run, column):
     """(ids as written, truth, outputs, fold) of a run's oof.csv (outputs: a probability per
     label, or a number task's number)."""
     frame = read_csv(run.oof)
-    columns = ["id", "true", "fold", *column.output_columns]
+    columns = ["id", *column.truth_columns, "fold", *column.output_columns]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise KitError(f"{run.oof}: missing column(s) {missing}; run `python -m kit cv` again with its settings")
-    return (frame["id"].tolist(), column.truth(frame["true"].tolist(), run.oof),
+    return (frame["id"].tolist(), column.truth(frame, run.oof),
             _outputs(frame, column), frame["fold"].astype(int).to_numpy())
 
 

@@ -6,9 +6,10 @@ from kit.core.errors import KitError
 from kit.evaluation.keywords import keyword_scores, split_keywords
 from kit.evaluation.metrics import format_report, report
 from kit.inputs.data import clean_ids, id_key, labelled_rows, normalise_labels, read_csv
-from kit.inputs.shapes import label_columns, read_back, written_numbers
+from kit.inputs.shapes import column_outputs, label_columns, read_back, written_numbers
 from kit.tasks.label import predicted_column
 from kit.tasks.number import NumberColumn, format_number_report
+from kit.tasks.several import SeveralLabelsColumn, format_columns_report
 
 
 def score_file(spec, pred_path, truth_path):
@@ -19,6 +20,8 @@ def score_file(spec, pred_path, truth_path):
     frame = read_csv(pred_path)
     if spec.shape == "number":
         return _score_numbers(spec, frame, pred_path, truth_ids, truth, truth_path)
+    if spec.several_labels:
+        return _score_columns(spec, frame, pred_path, truth_ids, truth, truth_path)
     prob_cols = [f"p_{label}" for label in spec.labels]
     id_col = next((c for c in ("id", spec.submission_id, spec.id_column) if c in frame.columns), None)
     label = predicted_column(frame)
@@ -61,8 +64,25 @@ def _score_numbers(spec, frame, pred_path, truth_ids, truth, truth_path):
     return NumberColumn(spec).scores(np.asarray(truth, float), numbers[order])
 
 
+def _score_columns(spec, frame, pred_path, truth_ids, truth, truth_path):
+    """Several label columns: a submission's columns, or a predictions file's (p_<column> for
+    probabilities, <column> for flags)."""
+    written = list(spec.class_columns.values())
+    own = [f"p_{c}" for c in spec.class_columns] if spec.shape == "column_probabilities" else list(spec.class_columns)
+    source = next((names for names in (written, own) if all(c in frame.columns for c in names)), None)
+    id_col = next((c for c in ("id", spec.submission_id, spec.id_column) if c in frame.columns), None)
+    if id_col is None or source is None:
+        raise KitError(f"{pred_path}: needs an id column and a column per label ({spec.submission_id!r} and "
+                       f"{', '.join(map(repr, written))} as the submission writes them); has {list(frame.columns)}")
+    outputs = column_outputs(spec, frame.rename(columns=dict(zip(source, written))), str(pred_path))
+    order = _in_truth_order(frame, id_col, pred_path, truth_ids, truth_path)
+    return SeveralLabelsColumn(spec).scores(np.asarray(truth, int), outputs[order])
+
+
 def format_score(spec, result):
     """kit score's table of a score_file result."""
+    if spec.several_labels:
+        return format_columns_report(result)
     return format_number_report(result) if spec.shape == "number" else format_report(result, spec.labels)
 
 
