@@ -29,7 +29,7 @@ from kit.core.errors import KitError
 from kit.core.extras import install_hint
 from kit.core.files import write_text
 from kit.core.hashing import file_fingerprint
-from kit.evaluation.metrics import metric_info
+from kit.evaluation.metrics import MULTI_LABEL_METRICS, NUMBER_METRICS, metric_info
 from kit.inputs.data import id_key, load_rows, read_csv
 from kit.inputs.spec import load_spec
 from kit.runs.folder import CONFIG, RUNS, Run
@@ -174,6 +174,9 @@ def _entry(directory, config, notices):
         "name": directory.name, "path": str(directory), "key": config["key"],
         "spec": {"name": spec["name"], "fingerprint": spec.get("fingerprint"), "path": spec.get("path")},
         "metric": metric, "labels": resolved.get("labels"),
+        # a number per row, several label columns, or one label (what the run's sections can show)
+        "task": ("columns" if resolved.get("label_columns") else
+                 "number" if metric in NUMBER_METRICS else "label"),
         "model": Path(str(model.get("model", "?"))).name, "model_path": model.get("model"),
         "head": "-" if model.get("model") == "tfidf" else model.get("head"),
         "settings": run_settings(config),
@@ -283,7 +286,9 @@ def leaderboard_rows(group):
         score = "-" if entry["score"] is None else f"{entry['score']:.4f}"
         if scored and entry["fold_std"] is not None:
             score += f" ± {entry['fold_std']:.4f}"
-        tuned = "-" if entry["tuned_score"] is None else f"{entry['tuned_score']:.4f} @{entry['tuned_threshold']:g}"
+        tuned = "-" if entry["tuned_score"] is None else f"{entry['tuned_score']:.4f}" + (
+            " (OOF-tuned)" if entry["tuned_threshold"] is None
+            else f" @{entry['tuned_threshold']:g}")
         submitted = ", ".join(split + ("" if s is None else f" ({s:.1f} s)") for split, s in entry["predicted"].items())
         rows.append([str(place) if scored else "-", entry["name"], entry["model"], str(entry["head"]),
                      settings_text(entry["settings"]), score, tuned, _seconds(entry["cv_seconds"]),
@@ -724,12 +729,16 @@ def _calibration_section(data):
 
 
 def _loss_section(data):
-    curves = loss_curves(data.directory)
+    return _loss_blocks(data.run, data.entry)
+
+
+def _loss_blocks(run, entry):
+    curves = loss_curves(run.directory)
     if not curves:
-        why = ("TF-IDF has no training loss" if data.entry["model"] == "tfidf" else
+        why = ("TF-IDF has no training loss" if entry["model"] == "tfidf" else
                "the CV fold results carry no loss log, and this run has no full training with one")
         return [_note(f"no loss log recorded ({why})")]
-    cross_validated = data.run.cv_scores.is_file()
+    cross_validated = run.cv_scores.is_file()
     missing = "" if any(k.startswith("fold") for k in curves) or not cross_validated else \
         "; the CV folds recorded no loss log"
     return [plot_losses(curves), _note(f"per optimizer step{missing}")]
@@ -821,10 +830,42 @@ def keyword_view(number, entry):
     return _run(number, entry, blocks)
 
 
+def scores_view(number, entry):
+    """A run of a number task or of several label columns: its held-out scores, its CV scores (with
+    the cut points or per-column thresholds tuned on OOF rows), each column's, some OOF rows, losses."""
+    run = Run(entry["path"])
+    scores = _read_json(run.cv_scores) or {}
+    summary = (f"model {entry['model']}, head {entry['head']}, settings {settings_text(entry['settings'])}; "
+               f"created {entry['created']}; {entry['path']}")
+    blocks = [_note(summary), *held_out_scores(entry)]
+    names = [name for name in (*NUMBER_METRICS, *MULTI_LABEL_METRICS) if _number(scores.get(name)) is not None]
+    if names:
+        blocks.append(_table(["metric (OOF)", "value"], [[name, f"{scores[name]:.4f}"] for name in names]))
+        tuned = scores.get("cut_points") or scores.get("tuned_thresholds")
+        if tuned is not None:
+            what = "cut points" if "cut_points" in scores else "per-column thresholds"
+            blocks.append(_note(f"{entry['metric']} {scores['tuned_score']:.4f} at the {what} tuned on these OOF "
+                                f"rows, {tuned} (optimistic: tuned on the rows it is scored on)"))
+        blocks.append(_note(f"{scores.get('rows')} held-out rows; per fold {scores.get('per_fold')}"))
+    else:
+        blocks.append(_note("no CV results in this run: run `python -m kit cv` with its settings"))
+    columns = scores.get("per_column") or {}
+    if columns:
+        blocks.append(_table(["column", "positives", "AUC", "F1 at 0.5"],
+                             [[c, v["positives"], "-" if v["auc"] is None else f"{v['auc']:.4f}", f"{v['f1']:.4f}"]
+                              for c, v in columns.items()]))
+    if run.oof.is_file():
+        frame = read_csv(run.oof).head(KEYWORD_ROWS)
+        blocks += [_table(list(frame.columns), frame.values.tolist()), _note(f"the first {len(frame)} held-out rows")]
+    return _run(number, entry, [*blocks, *_loss_blocks(run, entry)])
+
+
 def run_view(number, entry, split):
     """One run's sections; a section that cannot be drawn says why instead of failing the page."""
     if entry["metric"] in KEYWORD_METRICS:
         return keyword_view(number, entry)
+    if entry["task"] != "label":
+        return scores_view(number, entry)
     try:
         data = RunData(entry, split)
     except (KitError, Skip, ValueError, KeyError) as error:
