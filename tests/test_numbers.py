@@ -273,3 +273,11 @@ def test_levers_serve_and_export_refuse_a_number_task_in_one_line(tmp_path, monk
     assert "learn label probabilities" in refused("train", "--spec", spec, "--model", "tfidf", "--name", "p",
                                                   "--pseudo", "tf")
     assert "a number task (metric rmse) is predicted with kit predict" in refused("serve", "--spec", spec, "--run", "tf")
+
+
+def test_prepare_writes_the_number_as_the_answer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = competition(tmp_path, "rmse")
+    kit("prepare", "--spec", spec, "--out", "prepared")
+    written = json.loads((tmp_path / "prepared" / "ratings_alpaca.json").read_text())
+    assert [r["output"] for r in written[:3]] == ["1", "4", "2"]

@@ -248,3 +248,12 @@ def test_levers_and_serve_refuse_several_label_columns_in_one_line(tmp_path, mon
     assert "learn label probabilities" in refused("train", "--spec", spec, "--model", "tfidf", "--name", "p",
                                                   "--pseudo", "tf")
     assert "several label columns (metric mean_auc) is predicted" in refused("serve", "--spec", spec, "--run", "tf")
+
+
+def test_prepare_writes_the_columns_that_apply_as_the_answer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = competition(tmp_path)
+    kit("prepare", "--spec", spec, "--out", "prepared")
+    written = json.loads((tmp_path / "prepared" / "tags_alpaca.json").read_text())
+    assert [r["output"] for r in written[:8]] == ["animal", "weather", "animal, weather", "money", "animal, money",
+                                                  "weather, money", "animal, weather, money", "none"]

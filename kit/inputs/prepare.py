@@ -15,7 +15,7 @@ def prepare(spec, out_dir):
     dataset_info, written = {}, {}
     if spec.has_labels:
         rows, _ = load_rows(spec, "train")
-        answers = [spec.label_words[spec.labels[i]] for i in rows.labels]
+        answers = [answer_text(spec, label) for label in rows.labels]
         written[spec.name] = _instruction_data(out_dir, spec.name, spec.instruction, rows.texts, answers, dataset_info)
     for column, target in spec.targets.items():
         if target.source is None:
@@ -29,6 +29,16 @@ def prepare(spec, out_dir):
             [separator.join(rows.labels[i]) for i in kept], dataset_info)
     write_json(out_dir / "dataset_info.json", dataset_info)
     return {"written": written, "dataset_info": str(out_dir / "dataset_info.json")}
+
+
+def answer_text(spec, label):
+    """What a row's answer says: its label word; a number task's number; the names of the label
+    columns that are 1 ("none" when no column is)."""
+    if spec.several_labels:
+        return ", ".join(column for column, flag in zip(spec.label_columns, label) if flag) or "none"
+    if spec.shape == "number":
+        return f"{label:g}"
+    return spec.label_words[spec.labels[label]]
 
 
 def _instruction_data(out_dir, name, instruction, texts, answers, dataset_info):
