@@ -32,6 +32,7 @@ from kit.workflows.cv import cross_validate
 from kit.workflows.fit import took, train_run
 from kit.workflows.levers import refuse_unless_supported, without_levers
 from kit.workflows.predict import SUBMISSION, predict_split
+from kit.workflows.zero_shot import format_zero_shot, zero_shot
 
 
 @click.command()
@@ -125,15 +126,25 @@ def _column_runs(pairs, spec):
               help="Keep each fold's model in the run folder, for `kit predict --models folds|merged`.")
 @click.option("--report", "report_out", is_flag=False, flag_value="reports/report.html", default=None,
               help="Also write the HTML report (default path reports/report.html).")
+@click.option("--zero-shot", is_flag=True,
+              help="Score each --model untrained on the training rows (P(label word) of the spec's prompt): "
+                   "choose a base model before fine-tuning. No folds and no run folder (the frozen-state cache keeps "
+                   "the lower blocks' states for the fine-tuning that follows).")
+@click.option("--rows", "sample", type=click.IntRange(min=2), default=None,
+              help="With --zero-shot: a stratified sample of this many training rows (seeded by --fold-seed).")
 @TARGET
 @RUNS_DIR
 @friendly
 def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, trust_remote_code, overwrite,
-       report_out, keep_models, target, runs_dir, **options):
+       report_out, keep_models, zero_shot, sample, target, runs_dir, **options):
     """Cross-validate: OOF score, per-fold spread, the TF-IDF baseline beside it."""
     models = options.pop("model") or ((DEFAULT_ROAD,) if target else (DEFAULTS_M.model,))
     model_args, train_args, max_length = split_args(options)
     spec = open_spec(spec_path, max_length)
+    if zero_shot or sample is not None:
+        return _zero_shot(spec, model_args, train_args, models, sample, fold_seed, trust_remote_code, zero_shot,
+                          {"--sweep": sweep, "--target": target, "--keep-models": keep_models, "--name": name,
+                           "--holdout": holdout, "--report": report_out})
     column = column_of(spec, target, "cross-validate")
     if target and (sweep or keep_models):
         raise KitError(f"{'--sweep' if sweep else '--keep-models'} is for the label's cv; with --target, "
@@ -174,6 +185,17 @@ def cv(spec_path, folds, holdout, fold_seed, mode, sweep, name, no_baseline, tru
         say(f"table saved: {runs / f'{stem}-table.md'}")
     if report_out:
         say(f"report: {write_report([runs / s['config']['name'] for s in results], spec, report_out)}")
+
+
+def _zero_shot(spec, model_args, train_args, models, sample, seed, trust_remote_code, asked, others):
+    """kit cv --zero-shot: the candidates' table, nothing trained."""
+    if not asked:
+        raise KitError("--rows samples the rows of --zero-shot; kit cv scores every training row out of fold")
+    given = [option for option, value in others.items() if value]
+    if given:
+        raise KitError(f"{given[0]} does not apply to --zero-shot (no folds are fitted and no run is written)")
+    results = zero_shot(spec, model_args, train_args, models, sample, seed, trust_remote_code)
+    say(format_zero_shot(results, spec))
 
 
 @click.command("blend")

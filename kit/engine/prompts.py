@@ -119,12 +119,15 @@ class PromptEncoder:
         return [e.ids for e in encoded], sum(e.truncated for e in encoded)
 
 
-def answer_ids(tokenizer, words):
+def answer_ids(tokenizer, words, rationale_separator=None):
     """Token ids of each label word followed by the turn's end. Label words may share their
     first tokens ("1" and "12", "positive" and "positively"): scoring then compares whole
-    answers (predict.answer_scores)."""
+    answers (predict.answer_scores). With a rationale separator the word is followed by the
+    separator instead: a rationale (and then the turn's end) comes after it."""
     end = end_of_turn(tokenizer)
     end = [end] if end is not None else []
+    if rationale_separator is not None:
+        end = tokenizer(rationale_separator, add_special_tokens=False).input_ids
     answers = [tokenizer(word, add_special_tokens=False).input_ids + end for word in words]
     if len({tuple(a) for a in answers}) != len(answers):
         raise KitError(f"label words {words} tokenise to the same answer; choose [task] label_words that differ")

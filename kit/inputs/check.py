@@ -1,6 +1,6 @@
 """`kit check`: validate a spec, its files and optionally a submission, before any upload."""
 from kit.inputs import submit
-from kit.inputs.data import load_rows, read_csv
+from kit.inputs.data import extra_rows, load_rows, read_csv
 from kit.inputs.tasks import keyword_task, target_rows
 
 
@@ -13,6 +13,13 @@ def check_all(spec, submission_path=None, split="test"):
     encoding = frame.attrs["encoding"]
     counts = _label_counts(spec, rows.labels) if spec.has_labels else ""
     lines.append(f"train {spec.train}: {len(rows)} rows ({encoding}){counts}")
+    extra = extra_rows(spec)
+    if extra is not None:
+        lines.append(f"extra: {len(extra)} rows from {len(spec.extra)} [[extra]] file(s)"
+                     f"{_label_counts(spec, extra.labels)}; they join every fit's training rows, never a held-out row")
+    if rows.rationales is not None:
+        lines.append(f"rationale {spec.rationale_column!r}: {sum(1 for r in rows.rationales if r)} of {len(rows)} "
+                     "training rows have one (learned by the generative head after the label)")
     lines += _check_targets(spec)
     split_ids = {}
     for name in spec.splits:

@@ -34,13 +34,26 @@ class Rows:
     soft: list = None        # levers (kit/workflows/levers.py): per row a probability vector to learn instead
                              # of the label (a soft pseudo-label), or None
     teacher: list = None     # per row the teacher's probability per label (distillation), or None
+    rationales: list = None  # per row the reasoning text the generative head learns after the label, or None
 
     def __len__(self):
         return len(self.ids)
 
     def subset(self, index):
         pick = lambda values: None if values is None else [values[i] for i in index]   # noqa: E731
-        return Rows(pick(self.ids), pick(self.texts), pick(self.labels), pick(self.soft), pick(self.teacher))
+        return Rows(pick(self.ids), pick(self.texts), pick(self.labels), pick(self.soft), pick(self.teacher),
+                    pick(self.rationales))
+
+
+def join_rows(first, second):
+    """Rows of both, in order; a per-row field that only one side has is None on the other."""
+    def both(a, b):
+        if a is None and b is None:
+            return None
+        return list(a if a is not None else [None] * len(first)) + list(b if b is not None else [None] * len(second))
+    return Rows(first.ids + second.ids, first.texts + second.texts, both(first.labels, second.labels),
+                both(first.soft, second.soft), both(first.teacher, second.teacher),
+                both(first.rationales, second.rationales))
 
 
 def _is_cjk(ch):
@@ -273,18 +286,48 @@ def load_rows(spec, split="train", frame=None):
         require_columns(frame, spec.answer_columns, path, "the spec's [columns] label")
         labels = read_labels(spec, frame, path)
         require_two_labels(labels, spec, path)
-    return Rows(ids, texts, labels), frame
+    rationales = read_rationales(spec, frame, path) if train and spec.rationale_column else None
+    return Rows(ids, texts, labels, rationales=rationales), frame
 
 
-def read_labels(spec, frame, path):
-    """The label column's cells as what is learned and scored: label indices; for a number task
-    (shape number) the numbers themselves; for several label columns a tuple of 0/1 per row."""
+def read_rationales(spec, frame, path):
+    """[columns] rationale of the training file: a text per row ("" where a row has none)."""
+    column = spec.rationale_column
+    require_columns(frame, [column], path, "the spec's [columns] rationale")
+    texts = [str(value).strip() for value in frame[column]]
+    if not any(texts):
+        raise KitError(f"{path}: the rationale column {column!r} is empty in every row; fill it or drop "
+                       "[columns] rationale")
+    return texts
+
+
+def extra_rows(spec):
+    """Every [[extra]] file's rows as one Rows (ids "extra<n>:<row>", never an id of the training
+    file), each read under its own label column and input template; None without [[extra]]."""
+    joined = None
+    for number, extra in enumerate(spec.extra, 1):
+        frame = read_csv(extra.path)
+        if extra.max_rows is not None:
+            frame = frame.head(extra.max_rows)
+        key = f"{spec.path} [[extra]] {number} input"
+        require_columns(frame, [extra.label], extra.path, f"the label column of [[extra]] {number}")
+        texts, _ = render_inputs(frame, extra.input, extra.path, key=key, answers=[extra.label])
+        labels = read_labels(spec, frame, extra.path, extra.label)
+        rows = Rows([f"extra{number}:{row}" for row in range(2, len(frame) + 2)], texts, labels)
+        joined = rows if joined is None else join_rows(joined, rows)
+    return joined
+
+def read_labels(spec, frame, path, column=None):
+    """The label column's cells (column: another file's label column) as what is learned and
+    scored: label indices; for a number task (shape number) the numbers themselves; for several
+    label columns a tuple of 0/1 per row."""
     if spec.several_labels:
         return read_flags(frame, spec.label_columns, path)
-    values = frame[spec.label_column].tolist()
+    column = column or spec.label_column
+    values = frame[column].tolist()
     if spec.shape == "number":
-        return read_numbers(values, spec.scale, path, spec.label_column)
-    return normalise_labels(values, spec.labels, path, spec.label_column)
+        return read_numbers(values, spec.scale, path, column)
+    return normalise_labels(values, spec.labels, path, column)
 
 
 def read_flags(frame, columns, path):

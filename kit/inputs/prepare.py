@@ -5,7 +5,7 @@ from pathlib import Path
 
 from kit.core.files import write_json, write_text
 from kit.inputs.data import load_rows
-from kit.inputs.tasks import keyword_task, target_rows
+from kit.inputs.tasks import RATIONALE_SEPARATOR, keyword_task, target_rows
 
 
 def prepare(spec, out_dir):
@@ -16,6 +16,8 @@ def prepare(spec, out_dir):
     if spec.has_labels:
         rows, _ = load_rows(spec, "train")
         answers = [answer_text(spec, label) for label in rows.labels]
+        if rows.rationales is not None:        # the label first, then why (the seeds' GLM-4 recipe)
+            answers = [a + RATIONALE_SEPARATOR + r if r else a for a, r in zip(answers, rows.rationales)]
         written[spec.name] = _instruction_data(out_dir, spec.name, spec.instruction, rows.texts, answers, dataset_info)
     for column, target in spec.targets.items():
         if target.source is None:

@@ -19,8 +19,9 @@ from kit.inputs.shapes import MULTI_SHAPES, default_shape, shape_error
 
 DEFAULT_SPEC = "data/competition.toml"
 
-TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission", "targets")
-COLUMN_KEYS = ("id", "label", "input")
+TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission", "targets", "extra")
+EXTRA_KEYS = ("file", "label", "input", "max_rows")
+COLUMN_KEYS = ("id", "label", "input", "rationale")
 TASK_KEYS = ("instruction", "labels", "label_words", "label_descriptions", "metric", "max_length", "few_shot", "scale")
 LABEL_ONLY_KEYS = ("labels", "label_words", "label_descriptions", "few_shot")   # what a number task has none of
 FEW_SHOT_MAX = 16
@@ -84,6 +85,8 @@ class Spec:
     separator: str = " "       # shape top_k: what joins a row's labels
     scale: list = None         # shape number: [low, high] the numbers lie in (qwk: its integers)
     label_columns: list = field(default_factory=list)   # several label columns, each 0/1 per row (then labels)
+    extra: list = field(default_factory=list)  # [[extra]]: more labelled files, joined to every fit's training rows
+    rationale_column: str = None   # [columns] rationale: a reasoning text per training row (generate head)
 
     @property
     def several_labels(self):
@@ -110,7 +113,7 @@ class Spec:
         return replace(self, name=f"{self.name}.{re.sub(r'[^A-Za-z0-9_-]', '_', column)}"[:64],
                        train=target.train or self.train, label_column=target.source, labels=[], label_words={},
                        instruction=target.instruction, metric=target.metric, input_template=target.input_template,
-                       max_length=target.max_length, few_shot=0,
+                       max_length=target.max_length, few_shot=0, extra=[], rationale_column=None,
                        target={k: v for k, v in asdict(target).items() if k != "train"})   # the data key covers it
 
     @property
@@ -148,6 +151,8 @@ class Spec:
             **({"few_shot": int(self.few_shot)} if self.few_shot else {}),   # absent: earlier keys stand
             **({"scale": list(self.scale)} if self.scale else {}),
             **({"label_columns": list(self.label_columns)} if self.label_columns else {}),
+            **({"extra": [e.describe() for e in self.extra]} if self.extra else {}),
+            **({"rationale_column": self.rationale_column} if self.rationale_column else {}),
         }
 
     def fingerprint(self):
@@ -536,6 +541,66 @@ def _several_labels_task(task, columns, where):
     return list(columns), {c: c for c in columns}, metric, instruction, None
 
 
+@dataclass(frozen=True)
+class Extra:
+    """One [[extra]] table: another labelled file of the same task under its own column names. Its
+    rows join every fit's training rows and never a validation fold, the OOF score or a tuned
+    threshold."""
+    file: str                 # as the spec writes it (relative to the spec)
+    path: Path
+    label: str                # its label column
+    input: str                # its input template
+    max_rows: int = None      # the first max_rows rows only
+
+    def describe(self):
+        return {"file": self.file, "label": self.label, "input": self.input, "max_rows": self.max_rows}
+
+
+def _extra(raw, base, label_column, input_template, where):
+    """The [[extra]] tables: each a file, its label column (default: the spec's), its input
+    template (default: the spec's) and an optional row cap."""
+    tables = raw.get("extra", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise KitError(f"{where} extra: write each extra file as an [[extra]] table")
+    if tables and label_column is None:
+        raise KitError(f"{where} [[extra]]: extra rows need the spec's one [columns] label to learn (a spec of "
+                       "several label columns or of [targets] only takes none)")
+    out = []
+    for number, table in enumerate(tables, 1):
+        at = f"{where} [[extra]] {number}"
+        _check_keys(table, EXTRA_KEYS, at)
+        file = _need(table, "file", at)
+        label = _typed(table, "label", at, default=label_column)
+        template = _typed(table, "input", at, default=input_template)
+        template_fields(template, f"{at} input")
+        if label in template_fields(template):
+            raise KitError(f"{at} input: template {template!r} names its label column {label!r}; the input must "
+                           "not contain the answer")
+        cap = table.get("max_rows")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise KitError(f"{at} max_rows: must be a whole number of at least 1, got {cap!r}")
+        if (base / file).is_dir():
+            raise KitError(f"{at} file: {file!r} is a directory; name a CSV file")
+        out.append(Extra(file, base / file, label, template, cap))
+    return out
+
+
+def _rationale(columns, label_column, id_column, template, where):
+    """[columns] rationale: the training file's column of reasoning texts the generative head learns
+    after the label (label first; prediction still decides by the label alone)."""
+    column = _typed(columns, "rationale", where)
+    if column is None:
+        return None
+    if label_column is None:
+        raise KitError(f"{where} rationale: a rationale follows the label; the spec has no single [columns] label")
+    if column in (label_column, id_column):
+        raise KitError(f"{where} rationale: {column!r} is the {'label' if column == label_column else 'id'} column")
+    if column in template_fields(template):
+        raise KitError(f"{where} input: template {template!r} names the rationale column {column!r}; the input "
+                       "must not contain the reasoning behind its answer")
+    return column
+
+
 def _label_columns(raw, id_column, where):
     """[columns] label as (one column, []) or, given a list, (None, several 0/1 columns)."""
     if not isinstance(raw, list):
@@ -669,4 +734,6 @@ def load_spec(path=DEFAULT_SPEC):
         answers={split: base / file for split, file in answers.items()},
         raw=raw, few_shot=_few_shot(task, f"{path} [task]") if label_column else 0,
         shape=shape, class_columns=classes, separator=separator, scale=scale, label_columns=label_columns,
+        extra=_extra(raw, base, label_column, template, f"{path}"),
+        rationale_column=_rationale(columns, label_column, id_column, template, where),
     )

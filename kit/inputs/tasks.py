@@ -21,6 +21,8 @@ class Task:
     # the metric scores the probabilities themselves (auc, logloss), not decided labels or a ranking:
     # the TF-IDF baseline then picks its C by log loss and keeps the class prior (no class weights)
     calibrated: bool = False
+    # [columns] rationale: the generative head learns "label word + separator + rationale" (None: the word)
+    rationale_separator: str = None
     regression = False        # a number per row (NumberTask), not a probability per label
     several = False           # a probability per label column, each on its own (SeveralLabelsTask)
     link = "softmax"          # how a classify head's outputs become the prediction's (kit/engine/inference.py)
@@ -33,8 +35,9 @@ class Task:
     @classmethod
     def from_spec(cls, spec, max_length=None):
         return cls(spec.instruction, [spec.label_words[label] for label in spec.labels],
-                   max_length or spec.max_length, getattr(spec, "few_shot", 0),
-                   calibrated=metric_info(spec.metric).needs == "probabilities")
+                   max_length or spec.max_length, spec.few_shot,
+                   calibrated=metric_info(spec.metric).needs == "probabilities",
+                   rationale_separator=RATIONALE_SEPARATOR if spec.rationale_column else None)
 
     def prompt(self):
         """The instruction the model reads: with few-shot examples, followed by them."""
@@ -97,6 +100,7 @@ class NumberTask(Task):
         values = np.asarray(values, float)
         return replace(self, center=float(values.mean()), spread=float(values.std()) or 1.0)
 
+RATIONALE_SEPARATOR = "\n"    # between the label word and its rationale: the label is the answer's first line
 EXAMPLE_CHARS = 300       # a few-shot example's input, cut: k long abstracts would crowd out the row
 
 

@@ -131,6 +131,21 @@ class Estimator:
     def check_levers(self, soft, teacher):
         """Refuse, before any work, a pseudo-label or teacher setting this model cannot learn."""
 
+    def check_zero_shot(self):
+        """Refuse, before any weights load, a model that has nothing to predict with untrained."""
+        raise KitError(f"{self.args.model}: a {self.kind} model learns everything it predicts with from the "
+                       "training rows; it has no zero-shot score")
+
+    def zero_shot(self):
+        """This model as it is before any training, ready to predict (kit cv --zero-shot)."""
+        self.check_zero_shot()
+        return self
+
+    @property
+    def uses_rationales(self):
+        """It learns [columns] rationale (a generative head answers the label, then why)."""
+        return False
+
     @property
     def generates(self):
         """It can answer in words (a generative head): `--mode generate` has answers to parse."""

@@ -85,6 +85,10 @@ class TfidfModel(Estimator):
     def check_levers(self, soft, teacher):
         refuse_soft_targets(soft, teacher)
 
+    def check_zero_shot(self):
+        raise KitError("tfidf: TF-IDF learns its vocabulary and weights from the training rows; it has no "
+                       "zero-shot score")
+
     def fit(self, rows, **_):
         self.check_levers(rows.soft is not None, rows.teacher is not None)
         # a metric over probabilities wants them calibrated: C by log loss, the class prior kept

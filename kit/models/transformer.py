@@ -45,7 +45,7 @@ from kit.engine.inference import (
     score_labels,
 )
 from kit.engine.loop import autocast_and_scaler
-from kit.engine.prompts import PromptEncoder, answer_ids, first_tokens_differ
+from kit.engine.prompts import PromptEncoder, answer_ids, end_of_turn, first_tokens_differ
 from kit.engine.states import DiskStates, MemoryStates
 from kit.models.base import Estimator, Prediction
 from kit.models.embedded import base_identity, resolve_model
@@ -166,7 +166,18 @@ class TransformerModel(Estimator):
         self.tokenizer = tokenizer
         self.encoder = PromptEncoder(tokenizer, self.task.prompt(), self.task.max_length, chat=self.decoder)
         if self.args.head == "generate":
-            self.answers = answer_ids(tokenizer, self.task.words)
+            self.answers = answer_ids(tokenizer, self.task.words, self.task.rationale_separator)
+
+    @property
+    def uses_rationales(self):
+        return self.args.head == "generate"
+
+    def _with_rationale(self, answer, rationale):
+        """A training answer: the label word and separator, then the rationale's tokens (at most
+        max_length of them) and the turn's end."""
+        end = end_of_turn(self.tokenizer)
+        tokens = self.tokenizer(rationale, add_special_tokens=False).input_ids[:self.task.max_length] if rationale else []
+        return answer + tokens + ([end] if end is not None else [])
 
     def _load_base(self):
         self._prepare_text()
@@ -315,6 +326,8 @@ class TransformerModel(Estimator):
             return ids, [list(flags) for flags in rows.labels], losses.SeveralLabelsLoss(model)
         if self.args.head == "generate":
             targets = [self.answers[label] for label in rows.labels]
+            if self.task.rationale_separator is not None:     # label first, then why: scored as before
+                targets = [self._with_rationale(t, r) for t, r in zip(targets, rows.rationales or [None] * len(rows))]
             sequences = [s + t for s, t in zip(ids, targets)]
             self.check_levers(soft is not None, teacher is not None)
             if teacher is None:
@@ -329,6 +342,28 @@ class TransformerModel(Estimator):
         targets = [losses.RowTarget(y, p) for y, p in zip(labels, teacher or [None] * len(rows))]
         kl_weight = self.train_args.kl_weight if teacher is not None else 0.0
         return ids, targets, losses.SoftClassifyLoss(model, weights, kl_weight, self.train_args.temperature)
+
+    def check_zero_shot(self):
+        """An instruct LLM answers the spec's prompt with a label word before any training; an
+        encoder's classify head (and any classify head) exists only after training."""
+        config = remote_code_guard(self.args.model, AutoConfig.from_pretrained, self.path,
+                                   trust_remote_code=self.trust_remote_code)
+        if not is_decoder(config):
+            raise KitError(f"{self.args.model}: an encoder ({config.model_type}) answers through a classify head, "
+                           "which exists only after training; it has no zero-shot score (zero-shot needs an "
+                           "instruct LLM)")
+        if self.args.head != "generate":
+            raise KitError(f"{self.args.model}: a classify head exists only after training; zero-shot scores the "
+                           "label words (--head generate)")
+
+    def zero_shot(self):
+        """The base model with no adapter and no training, predicting by P(label word)."""
+        self.check_zero_shot()
+        self._prepare_text()
+        self.resolve_args()
+        self.model = self._load_base().eval()
+        self._fitted_now()
+        return self
 
     def check_levers(self, soft, teacher):
         """The generate head learns answer tokens: no soft targets; it distils over the label

@@ -83,7 +83,10 @@ def effective_config(spec, model_args, train_args):
     train = _keyed_train_args(train_args)
     base = base_identity(model_args.model)
     data = {"path": str(spec.train), "fingerprint": file_fingerprint(spec.train)}
-    key = fingerprint(spec.fingerprint(), model, train, base["fingerprint"], data["fingerprint"])
+    if spec.extra:                # [[extra]] files are learned from too: their contents join the key
+        data["extra"] = [{"path": str(e.path), "fingerprint": file_fingerprint(e.path)} for e in spec.extra]
+    extra = [e["fingerprint"] for e in data.get("extra", [])]
+    key = fingerprint(spec.fingerprint(), model, train, base["fingerprint"], data["fingerprint"], *extra)
     return {"key": key, "spec": {"path": str(Path(spec.path).resolve()), "name": spec.name,
                                  "fingerprint": spec.fingerprint(), "resolved": spec.describe()},
             "model": asdict(model_args), "train": asdict(train_args), "base_model": base, "data": data,
@@ -362,7 +365,22 @@ def other_training_file(run, spec):
     if not Path(spec.train).is_file():
         log(f"note: {spec.train} not found: cannot check that run {run.name} was trained on it")
         return None
-    return f"{path}, not {spec.train}" if recorded != file_fingerprint(spec.train) else None
+    if recorded != file_fingerprint(spec.train):
+        return f"{path}, not {spec.train}"
+    return _other_extra_files(run, spec)
+
+
+def _other_extra_files(run, spec):
+    """When run learned from other [[extra]] files than spec names (or other contents): why; else None."""
+    theirs = [e.get("fingerprint") for e in (run.config.get("data") or {}).get("extra") or []]
+    missing = [str(e.path) for e in spec.extra if not e.path.is_file()]
+    if missing:
+        log(f"note: {missing[0]} not found: cannot check that run {run.name} learned from it")
+        return None
+    ours = [file_fingerprint(e.path) for e in spec.extra]
+    if theirs == ours:
+        return None
+    return f"its [[extra]] files ({len(theirs)} recorded) are not the {len(ours)} of {spec.path}, or their contents changed"
 
 
 def check_trained_on(run, spec, option, allow_other_data=False):

@@ -23,6 +23,7 @@ class KeywordColumn:
     """A [targets] column of keyword lists, written joined by the competition's separator."""
     ensembles = False             # keyword lists: nothing for fold ensembles or blends to average
     takes_levers = False          # nor probabilities for pseudo-labels and teachers
+    zero_shot = False             # keyword roads are compared with kit cv --target
     one_process = True            # the extractors weigh phrases over the whole split: no shares
 
     def __init__(self, spec, column):

@@ -34,6 +34,7 @@ class LabelColumn:
     target = None                 # not a [targets] column
     ensembles = True              # a probability per label and row: fold ensembles and blends average them
     takes_levers = True           # and pseudo-labels and teachers are made of them
+    zero_shot = True              # an instruct LLM can answer its label words untrained
     one_process = False           # CV folds and prediction rows can be shared out to ranks
 
     def __init__(self, spec):

@@ -34,6 +34,7 @@ class NumberColumn:
     target = None
     ensembles = True          # fold ensembles and blends average its numbers
     takes_levers = False      # pseudo-labels and teachers are label probabilities
+    zero_shot = False         # a number is read from a trained regression head
     one_process = False
     thresholded = False
 

@@ -35,6 +35,7 @@ class SeveralLabelsColumn:
     target = None
     ensembles = True          # fold ensembles and blends average each column's probability
     takes_levers = False      # pseudo-labels and teachers are single-label probabilities
+    zero_shot = False         # each column's probability comes from a trained head
     one_process = False
 
     def __init__(self, spec):

@@ -16,10 +16,11 @@ from kit.core.errors import KitError
 from kit.core.files import atomic_write, write_json
 from kit.core.hashing import fingerprint
 from kit.core.logs import log
+from kit.inputs.data import extra_rows, join_rows
 from kit.models.registry import make_model
 from kit.runs.folder import RUNS, open_run
 from kit.tasks.columns import column_of
-from kit.workflows.fit import fit_timed
+from kit.workflows.fit import fit_timed, note_unused_rationales, refuse_teacher_with_extra
 from kit.workflows.levers import for_cv
 
 
@@ -37,10 +38,11 @@ def _saved_fold(path, key):
     return saved
 
 
-def _run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models=False, levers=None):
+def _run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models=False, levers=None, extra=None):
     """Fit on every row outside the fold, predict the fold; saved so a re-run skips it. With
     keep_models the fold's model is kept too (a fold ensemble predicts with them). levers
-    (kit/workflows/levers.py) add this fold's pseudo rows and teacher probabilities to its training rows."""
+    (kit/workflows/levers.py) add this fold's pseudo rows and teacher probabilities to its training rows;
+    extra ([[extra]] rows and their token ids) joins them, never the held-out rows."""
     path = run.fold_result(number)
     saved = _saved_fold(path, key)
     kept = run.has_fold_model(number)
@@ -56,6 +58,9 @@ def _run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models=Fal
     train_rows, train_encoded, lever_stats = rows.subset(train_index), pick(train_index), {}
     if levers is not None:
         train_rows, train_encoded, lever_stats = levers.training(number, train_rows, train_encoded)
+    if extra is not None:
+        train_rows, train_encoded = with_extra(train_rows, train_encoded, *extra)
+        lever_stats["extra_rows"] = len(extra[0])
     stats = fit_timed(model, train_rows, train_encoded, checkpoint, resume=True,
                       checkpoint_key=fingerprint(key, number))
     stats.update(lever_stats)
@@ -100,6 +105,9 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     model_args = encoder.resolve_args()    # `auto` -> this device's values, part of the run's key
     # pseudo rows and teacher probabilities per fold, from the teacher's fold models only
     levers, train_args = for_cv(column, rows, fold, encoder, train_args, runs, trust_remote_code)
+    note_unused_rationales(column.spec, encoder)
+    extra = extra_rows(column.spec)       # [[extra]]: in every fold's training rows, never held out
+    refuse_teacher_with_extra(extra, train_args)
     run = open_run(column.spec, model_args, train_args, name, overwrite, runs)
     key = fingerprint(run.key, fold.tolist(), column.progress_mode(mode))
     def make():
@@ -111,12 +119,15 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     if encoded:
         log(f"cv: {encoded[1]['rows']} rows tokenised once, {encoded[1]['mean_tokens']} tokens per row, "
             f"{encoded[1]['truncated_rows']} truncated to {task.max_length}")
+    if extra is not None:
+        log(f"cv: {len(extra)} [[extra]] rows join every fold's training rows (never a held-out row)")
+        extra = (extra, encoder.encode(extra) if encoded else None)
     numbers = sorted(set(fold.tolist()) - {-1})
     results = []
     # N ranks (torchrun / accelerate launch): folds side by side, fold k on rank k mod N
     for number in numbers[dist.rank()::dist.world_size()]:
         log(f"cv: {column} fold {number + 1} of {len(numbers)} ({run.name})")
-        results.append(_run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models, levers))
+        results.append(_run_fold(make, rows, encoded, fold, number, mode, run, key, keep_models, levers, extra))
     results = sorted((r for part in dist.gather(results) for r in part), key=lambda r: r["fold"])
     if not dist.is_main():
         return None
@@ -131,6 +142,15 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
                         "mode": mode, **({"target": column.target} if column.target else {})}
     write_json(run.cv_scores, scores)
     return scores
+
+
+def with_extra(rows, encoded, extra, extra_encoded):
+    """A fit's training rows followed by the [[extra]] rows (and their token ids when encoded)."""
+    rows = join_rows(rows, extra)
+    if encoded is None:
+        return rows, None
+    ids = encoded[0] + extra_encoded[0]
+    return rows, (ids, {**encoded[1], "rows": len(ids), "mean_tokens": round(float(np.mean([len(s) for s in ids])), 1)})
 
 
 def out_of_fold(prediction_type, results):

@@ -10,9 +10,10 @@ import numpy as np
 from safetensors import SafetensorError
 
 from kit.core import dist
-from kit.core.errors import WriteError
+from kit.core.errors import KitError, WriteError
 from kit.core.files import write_json, writing
 from kit.core.logs import log
+from kit.inputs.data import extra_rows, join_rows
 from kit.models.registry import make_model
 from kit.runs.folder import RUNS, open_run
 from kit.tasks.columns import column_of
@@ -51,7 +52,13 @@ def train_run(spec, model_args, train_args, name=None, resume=False, overwrite=F
     model_args = model.resolve_args()      # `auto` -> this device's values, part of the run's key
     # pseudo rows and teacher probabilities; their fingerprints join the run's key
     rows, train_args, lever_stats = levers.for_train(column, rows, model, train_args, runs)
+    extra = extra_rows(spec)          # [[extra]]: more labelled rows of the same task
+    refuse_teacher_with_extra(extra, train_args)
+    if extra is not None:
+        log(f"train: {len(extra)} [[extra]] rows join the {len(rows)} training rows")
+        rows, lever_stats = join_rows(rows, extra), {**lever_stats, "extra_rows": len(extra)}
     model.train_args = train_args
+    note_unused_rationales(spec, model)
     run = open_run(spec, model_args, train_args, name, overwrite, runs)
     if dist.is_main():
         run.clear_predict_progress()
@@ -70,6 +77,20 @@ def train_run(spec, model_args, train_args, name=None, resume=False, overwrite=F
     loss = f", final loss {stats['final_loss']}" if stats["final_loss"] is not None else ""
     log(f"train: done in {took(stats['train_seconds'])}{rate}{loss}; saved {run.model_dir}")
     return run.directory, stats
+
+
+def note_unused_rationales(spec, model):
+    """Say once that a model without a generative head learns the label alone."""
+    if spec.rationale_column and not model.uses_rationales:
+        log(f"note: [columns] rationale {spec.rationale_column!r} is learned by the generative head only "
+            f"(--head generate); {model.args.model} with head {model.args.head} learns the label alone")
+
+
+def refuse_teacher_with_extra(extra, train_args):
+    """A teacher's probabilities are its OOF rows of the training file: the [[extra]] rows have none."""
+    if extra is not None and train_args.teacher:
+        raise KitError("--teacher: the teacher's probabilities cover the training file's rows, not the [[extra]] "
+                       "rows; distil without [[extra]], or train on the extra rows without a teacher")
 
 
 def _save_model(model, run):

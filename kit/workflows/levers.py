@@ -30,7 +30,7 @@ from kit.core.hashing import file_fingerprint, fingerprint
 from kit.core.logs import log
 from kit.core.settings import TrainArgs
 from kit.evaluation.blending import combine, fit_weights
-from kit.inputs.data import Rows, id_key, load_rows, read_csv
+from kit.inputs.data import id_key, join_rows, load_rows, read_csv
 from kit.models.base import Estimator
 from kit.models.registry import load_model
 from kit.runs.folder import RUNS, check_trained_on, load_run
@@ -185,16 +185,6 @@ def select_pseudo(split_rows, probs, threshold, soft=False, teacher=False):
     return chosen, keep
 
 
-def join(first, second):
-    """Rows of both, in order; a per-row field that only one side has is None on the other."""
-    def both(a, b):
-        if a is None and b is None:
-            return None
-        return list(a if a is not None else [None] * len(first)) + list(b if b is not None else [None] * len(second))
-    return Rows(first.ids + second.ids, first.texts + second.texts, both(first.labels, second.labels),
-                both(first.soft, second.soft), both(first.teacher, second.teacher))
-
-
 def label_counts(spec, rows):
     counts = np.bincount(rows.labels, minlength=len(spec.labels)) if len(rows) else np.zeros(len(spec.labels), int)
     return {label: int(n) for label, n in zip(spec.labels, counts)}
@@ -240,7 +230,7 @@ def for_train(column, rows, model, train_args, runs=RUNS):
                                     bool(train_args.teacher))
         stats["pseudo_rows"] = _log_pseudo(spec, extra, split, train_args.pseudo_threshold, path, probs)
         pseudo_digest = _pseudo_digest(split, split_rows, probs, keep)
-        rows = join(rows, extra)
+        rows = join_rows(rows, extra)
     return rows, replace(train_args, pseudo_fingerprint=pseudo_digest, teacher_fingerprint=teacher_digest), stats
 
 
@@ -366,7 +356,7 @@ class FoldLevers:
             rows = replace(rows, teacher=self.teacher[number])
         if number in self.pseudo:
             extra, extra_ids = self.pseudo[number]
-            rows = join(rows, extra)
+            rows = join_rows(rows, extra)
             if encoded is not None:
                 ids = encoded[0] + extra_ids
                 encoded = (ids, {**encoded[1], "rows": len(ids), "pseudo_rows": len(extra_ids),

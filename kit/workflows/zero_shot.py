@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from kit.core.errors import KitError
 from kit.core.logs import log
-from kit.evaluation.metrics import report
+from kit.evaluation.metrics import metric_info, report
 from kit.models.registry import make_model
 from kit.tasks.columns import column_of
 
@@ -62,6 +62,11 @@ def format_zero_shot(results, spec):
     lines = [f"zero-shot on {results[0]['rows']} labelled rows of {spec.train} (the same rows for every model; "
              "nothing trained, P(label word) read from one forward pass)",
              f"| model | {metric} | accuracy | seconds |", "| --- | --- | --- | --- |"]
-    for r in sorted(results, key=lambda r: -r["score"] if np.isfinite(r["score"]) else np.inf):
-        lines.append(f"| {r['model']} | {r['score']:.4f} | {r['accuracy']:.4f} | {r['seconds']} |")
+    info = metric_info(metric)
+    binary = len(spec.labels) == 2
+    if binary and metric != "auc":
+        lines[1], lines[2] = f"| model | {metric} (at 0.5) | accuracy | auc | seconds |", "| --- | --- | --- | --- | --- |"
+    for r in sorted(results, key=lambda r: info.sort_key(r["score"]) if np.isfinite(r["score"]) else np.inf):
+        auc = f" {r['report']['auc']:.4f} |" if binary and metric != "auc" else ""
+        lines.append(f"| {r['model']} | {r['score']:.4f} | {r['accuracy']:.4f} |{auc} {r['seconds']} |")
     return "\n".join(lines)
