@@ -17,7 +17,7 @@ from kit.core.settings import ModelArgs, TrainArgs
 from kit.engine.batching import pad_batch
 from kit.engine.losses import AnswerLoss, ClassifyLoss, DistillAnswerLoss, RowTarget, SoftClassifyLoss, distillation_kl
 from kit.evaluation.folds import assign_folds
-from kit.inputs.data import Rows, load_rows
+from kit.inputs.data import Rows, join_rows, load_rows
 from kit.inputs.spec import load_spec
 from kit.inputs.tasks import Task
 from kit.models.registry import load_model, make_model
@@ -138,7 +138,7 @@ def test_threshold_filters_rows_and_labels_them_by_argmax():
     assert chosen.soft is None and chosen.teacher is None
     soft, _ = levers.select_pseudo(split, probs, 0.5, soft=True, teacher=True)
     assert soft.ids == ["a", "b", "c", "d"] and soft.soft == soft.teacher and soft.soft[1] == [0.6, 0.4]
-    joined = levers.join(Rows(["x"], ["tx"], [1]), soft)
+    joined = join_rows(Rows(["x"], ["tx"], [1]), soft)
     assert joined.soft[0] is None and joined.labels == [1, 0, 0, 1, 0]
 
 
