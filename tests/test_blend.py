@@ -240,3 +240,52 @@ def test_a_cv_scores_file_the_kit_did_not_write_is_left_beside_the_submission(tm
     assert json.loads(mine.read_text())["run_key"] == "k"
     submit.write_scores_beside(tmp_path / "submit.csv", None)
     assert not mine.exists()
+
+
+def test_the_nested_blends_fold_weights_never_see_that_folds_labels():
+    """Fold k's weights (and threshold) are fitted on the other folds' rows alone: changing fold k's
+    labels leaves them as they were, and they equal a fit on exactly those rows."""
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 2, 300)
+    fold = np.arange(300) % 3
+    good = np.clip(np.where(truth == 1, 0.7, 0.3) + rng.normal(0, 0.2, 300), 0.01, 0.99)
+    probs = [np.stack([1 - p, p], 1) for p in (good, rng.uniform(0.01, 0.99, 300))]
+    nested = blending.nested_blend("f1", truth, probs, fold)
+    for k in range(3):
+        outside = fold != k
+        expected = blending.fit_weights("f1", truth[outside], [p[outside] for p in probs])[0]
+        assert nested["weights"][k] == pytest.approx(expected.tolist(), abs=1e-6)
+    flipped = truth.copy()
+    flipped[fold == 0] = 1 - flipped[fold == 0]
+    again = blending.nested_blend("f1", flipped, probs, fold)
+    assert again["weights"][0] == nested["weights"][0] and again["weights"][1] != nested["weights"][1]
+    assert blending.nested_blend("f1", truth, probs, np.where(fold == 0, 0, -1)) is None   # a holdout: one fold
+
+
+def test_the_nested_score_is_the_metric_of_each_fold_blended_and_decided_without_it():
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 2, 240)
+    fold = np.arange(240) % 4
+    probs = [np.stack([1 - p, p], 1) for p in (np.clip(truth * 0.5 + rng.uniform(0, 0.5, 240), 0, 1),
+                                                rng.uniform(0, 1, 240))]
+    nested = blending.nested_blend("f1", truth, probs, fold)
+    decided = np.zeros(240, int)
+    for k in range(4):
+        outside = fold != k
+        weights, _, result, _ = blending.fit_weights("f1", truth[outside], [p[outside] for p in probs])
+        blended = blending.combine([p[fold == k] for p in probs], weights)
+        decided[fold == k] = blended[:, 1] >= result["threshold"]
+    from sklearn.metrics import f1_score
+    assert nested["score"] == pytest.approx(f1_score(truth, decided))
+    optimistic = blending.fit_weights("f1", truth, probs)[2]["score"]
+    assert nested["score"] <= optimistic + 1e-9
+
+
+def test_the_blend_command_prints_and_records_the_nested_score(setup, tmp_path, monkeypatch, toy):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["blend", "--spec", str(toy), "a", "b", "--name", "ab"])
+    assert result.exit_code == 0, result.output
+    assert "nested BLEND f1: " in result.output and "judge the blend by its nested score" in result.output
+    scores = json.loads((tmp_path / "runs" / "ab" / "cv_scores.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "ab" / "blend.json").read_text())
+    assert scores["nested_blend"] is True and scores["f1"] == summary["nested"]["score"]

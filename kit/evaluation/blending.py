@@ -201,6 +201,43 @@ def fit_weights(metric, truth, probs):
     return (*best, tried)
 
 
+def nested_blend(metric, truth, probs, fold):
+    """The blend scored as a whole procedure, out of fold: for each fold, the weights (and a binary
+    label metric's threshold, or several columns' thresholds) are fitted on the other folds' OOF rows
+    alone and applied to that fold's rows; the metric is then taken over every row. This is the
+    score a blend earns on rows its fitting never saw (the blend's own score is fitted on them).
+    Returns {"score", "weights": {fold: weights}}, or None with fewer than two folds (a holdout)."""
+    truth, fold = np.asarray(truth), np.asarray(fold)
+    numbers = sorted(set(fold.tolist()) - {-1})
+    if len(numbers) < 2:
+        return None
+    several, needs = truth.ndim == 2, metric_info(metric).needs
+    blended = np.zeros(np.shape(probs[0]), dtype=float)
+    thresholds = np.full(truth.shape if several else len(truth), 0.5)
+    per_fold = {}
+    for number in numbers:
+        inside, outside = fold == number, fold != number
+        weights, _, result, _ = fit_weights(metric, truth[outside], [p[outside] for p in probs])
+        blended[inside] = combine([p[inside] for p in probs], weights)
+        if several and needs == "labels":
+            thresholds[inside] = tune_column_thresholds(truth[outside], combine([p[outside] for p in probs], weights))
+        elif result["threshold"] is not None:
+            thresholds[inside] = result["threshold"]
+        per_fold[int(number)] = [round(float(w), 6) for w in weights]
+    return {"score": _value_at(metric, truth, blended, thresholds), "weights": per_fold}
+
+
+def _value_at(metric, truth, blended, thresholds):
+    """The metric of blended outputs decided at per-row thresholds (where the metric decides labels)."""
+    if metric_info(metric).needs == "numbers":
+        return number_value(metric, truth, blended[:, 0])
+    if np.ndim(truth) == 2:
+        return multi_label_value(metric, truth, blended, thresholds)
+    if blended.shape[1] == 2 and metric_info(metric).needs == "labels":
+        return metric_value(metric, truth, (blended[:, 1] >= thresholds).astype(int), blended)
+    return metric_value(metric, truth, decide(blended), blended)
+
+
 def _beats(metric, score, best):
     """score beats best by more than rounding, in the metric's direction (NaN never beats)."""
     info = metric_info(metric)

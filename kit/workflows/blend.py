@@ -16,7 +16,7 @@ import numpy as np
 from kit.core.errors import KitError
 from kit.core.files import atomic_write, write_json
 from kit.core.hashing import fingerprint
-from kit.evaluation.blending import combine, evaluate, fit_weights
+from kit.evaluation.blending import combine, evaluate, fit_weights, nested_blend
 from kit.inputs import submit
 from kit.inputs.data import id_key, load_rows, read_csv
 from kit.models.base import Prediction
@@ -138,8 +138,8 @@ def _blend_folder(runs_dir, name, key):
 
 def write_blend(spec, directory, key, runs, config, summary, oof, split_table=None, split=None):
     """run.json (so `kit blend`/`kit runs` read it as a run), cv_scores.json with the fold
-    settings only (its OOF score is optimistic: it must not rank beside honest CV scores),
-    blend.json, oof.csv and predictions-<split>.csv."""
+    settings and the nested score only (the optimistic OOF score must not rank beside honest CV
+    scores), blend.json, oof.csv and predictions-<split>.csv."""
     directory.mkdir(parents=True, exist_ok=True)
     folder, first = Run(directory), runs[0].config
     # what the members learned from (read_runs checked it is this spec's training file)
@@ -147,7 +147,10 @@ def write_blend(spec, directory, key, runs, config, summary, oof, split_table=No
     write_json(directory / CONFIG, {"key": key, "spec": first["spec"], **({"data": data} if data else {}),
                                     "model": {"model": "blend", "head": "-", "runs": [r.name for r in runs]},
                                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    nested = summary.get("nested")
+    # the nested score ranks the blend beside honest CV scores; the optimistic one never does
     write_json(folder.cv_scores, {"run_key": key, "metric": spec.metric,
+                                  **({spec.metric: nested["score"], "nested_blend": True} if nested else {}),
                                   "config": {**{k: config.get(k) for k in FOLD_SETTINGS},
                                              "name": directory.name, "model": "blend"}})
     write_json(folder.blend_file, summary)
@@ -176,7 +179,9 @@ def blend(spec, names, split=None, out=SUBMISSION, name=None, runs_dir=RUNS):
     summary = {"metric": spec.metric, "rows": len(ids), "fold_settings": {k: config.get(k) for k in FOLD_SETTINGS},
                "runs": members, "weights": [m["weight"] for m in members], "how": how, "tried": tried,
                "threshold": threshold,
-               "blend": result, "optimistic": True, "directory": str(directory)}
+               "blend": result, "optimistic": True, "directory": str(directory),
+               # the honest figure: weights (and threshold) fitted without each row's fold
+               "nested": nested_blend(spec.metric, truth, probs, fold)}
     oof = column.oof_table(ids, truth, blended, fold, threshold)
     split_table = None
     if split is not None:
@@ -217,8 +222,14 @@ def format_blend(summary):
         lines.append(f"| {m['run']} | {m['weight']:.3f} | {_cell(m['at_half'])} | {_cell(m['tuned'])} | "
                      f"{_cell(m['threshold'], 3)} |")
     lines.append(f"weights {summary['weights']} chosen by {summary['how']}")
-    lines.append("warning: the blend's OOF score is optimistic: its weights (and threshold) were fitted on "
-                 "these same OOF rows; trust the single runs' CV scores more")
+    nested = summary.get("nested")
+    if nested:
+        lines.append(f"nested BLEND {metric}: {nested['score']:.4f}, each fold's rows blended with weights (and "
+                     "threshold) fitted on the other folds alone: the blend's honest out-of-fold score, to compare "
+                     "with the single runs'")
+    lines.append("warning: the BLEND row is optimistic: its weights (and threshold) were fitted on these same OOF "
+                 "rows" + ("; judge the blend by its nested score" if nested else
+                           "; with one holdout fold there is no nested score: trust the single runs' scores more"))
     return "\n".join(lines)
 
 
