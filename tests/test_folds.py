@@ -5,13 +5,15 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from kit.commands.fit import predict
 from kit.commands.main import main
 from kit.inputs.data import load_rows
 from kit.inputs.spec import load_spec
+from kit.models.folds import merge_fold_adapters
 from kit.models.registry import load_model
 from kit.runs.folder import load_run
 from kit.workflows.predict import load_predictor
@@ -95,3 +97,28 @@ def test_fold_models_left_by_a_cv_on_other_folds_are_refused(cv_run, toy, tiny_l
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["predict", "--spec", str(spec.path), "--run", "folds", "--models", "folds"])
     assert result.exit_code == 2 and "kept by an earlier CV on other folds" in result.output
+
+
+def test_merged_number_heads_give_the_mean_of_the_fold_numbers(tmp_path):
+    """Fold k of a number task outputs center_k + spread_k * head_k(h) (its targets standardised on
+    its own rows); the merged model's center, spread and head make that mean exact for the head."""
+    rng = np.random.default_rng(0)
+    folds = []
+    for k, (center, spread) in enumerate([(2.0, 0.5), (3.0, 1.5), (2.5, 1.0)]):
+        directory = tmp_path / f"fold-{k}-model"
+        (directory / "adapter").mkdir(parents=True)
+        tensors = {"layer.lora_A.weight": torch.tensor(rng.normal(size=(2, 4)), dtype=torch.float32),
+                   "layer.lora_B.weight": torch.tensor(rng.normal(size=(4, 2)), dtype=torch.float32),
+                   "score.weight": torch.tensor(rng.normal(size=(1, 4)), dtype=torch.float32)}
+        save_file(tensors, directory / "adapter" / "adapter_model.safetensors")
+        (directory / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+        (directory / "kit_model.json").write_text(json.dumps(
+            {"model_id": str(k), "task": {"center": center, "spread": spread}}))
+        folds.append((directory, tensors, center, spread))
+    merged = merge_fold_adapters([f[0] for f in folds], tmp_path / "merged")
+    task = json.loads((merged / "kit_model.json").read_text())["task"]
+    head = load_file(merged / "adapter" / "adapter_model.safetensors")["score.weight"].numpy()
+    h = rng.normal(size=4)
+    fold_numbers = [c + s * (t["score.weight"].numpy() @ h) for _, t, c, s in folds]
+    assert task["center"] == pytest.approx(2.5) and task["spread"] == pytest.approx(1.0)
+    np.testing.assert_allclose(task["center"] + task["spread"] * (head @ h), np.mean(fold_numbers, axis=0), atol=1e-6)

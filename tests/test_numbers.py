@@ -9,15 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
+from cli import ok, one_line_error
 from sklearn import metrics as sk
 
-from kit.commands.main import main
 from kit.core.errors import KitError
 from kit.core.settings import ModelArgs, TrainArgs
 from kit.engine.losses import RegressionLoss
 from kit.evaluation.blending import fit_weights, squared_error
-from kit.evaluation.metrics import apply_cut_points, number_value, quadratic_kappa, tune_cut_points
+from kit.evaluation.metrics import apply_cut_points, number_value, quadratic_kappa, round_half_up, tune_cut_points
 from kit.inputs import shapes
 from kit.inputs.data import load_rows
 from kit.inputs.spec import load_spec
@@ -64,19 +63,6 @@ def competition(directory, metric="rmse", scale="[1, 5]", rows=40, test_rows=10,
     return directory / "competition.toml"
 
 
-def kit(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def refused(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1, \
-        result.output
-    return result.output
-
-
 # -- metrics ------------------------------------------------------------------------------------
 
 def test_rmse_mae_and_qwk_match_scikit_learn():
@@ -99,6 +85,39 @@ def test_qwk_by_hand():
     kappa = 1 - (weights * observed).sum() / (weights * expected).sum()
     assert quadratic_kappa([1, 2, 3], [1, 3, 3]) == pytest.approx(kappa)
     assert kappa == pytest.approx(1 - 0.25 / 1.25)         # observed 1/4, expected 5/4
+
+
+def test_qwk_weighs_distances_over_the_whole_scale_even_for_scores_nobody_gave():
+    # truth 1,2,3,5,5 and predicted 1,2,3,3,5 on the scale 1..6: 4 and 6 occur nowhere, yet the
+    # distance 5 -> 3 is 2 steps of 5, not 2 steps of the 3 that the observed scores span
+    truth, predicted = [1, 2, 3, 5, 5], [1, 2, 3, 3, 5]
+    points = np.arange(1, 7)
+    weights = (points[:, None] - points[None, :]) ** 2 / 25
+    observed = np.zeros((6, 6))
+    for t, p in zip(truth, predicted):
+        observed[t - 1, p - 1] += 1
+    expected = np.outer(observed.sum(1), observed.sum(0)) / len(truth)
+    kappa = 1 - (weights * observed).sum() / (weights * expected).sum()
+    assert quadratic_kappa(truth, predicted, (1, 6)) == pytest.approx(kappa)
+    assert number_value("qwk", truth, predicted, [1.0, 6.0]) == pytest.approx(kappa)
+    assert kappa == pytest.approx(0.8214, abs=1e-4)
+    assert quadratic_kappa(truth, predicted) != pytest.approx(kappa)    # the observed scores alone differ
+
+
+def test_qwk_rounds_half_up_as_submissions_do_and_clips_to_the_scale():
+    assert round_half_up([0.5, 1.5, 2.5, 2.49, 7.2], (1, 6)).tolist() == [1, 2, 3, 2, 6]
+    # 2.5 is a 3 (np.rint would make it a 2): predicted 3,3 against truth 3,3 plus two exact rows
+    assert number_value("qwk", [1, 3, 3, 5], [1, 2.5, 3.5, 5], [1, 5]) < 1.0      # 3.5 -> 4
+    assert number_value("qwk", [1, 3, 3, 5], [1, 2.5, 3.4, 5], [1, 5]) == pytest.approx(1.0)
+
+
+def test_qwk_refuses_fractional_truth_in_one_line(tmp_path):
+    spec = competition(tmp_path, "qwk")
+    lines = (tmp_path / "train.csv").read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0] + ",2.5"
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    said = one_line_error("check", "--spec", spec)
+    assert "row 3: score '2.5' is not an integer, and qwk scores integers" in said
 
 
 def test_cut_points_round_and_tuning_beats_the_half_way_points():
@@ -170,7 +189,7 @@ def test_a_bad_training_number_names_its_row(tmp_path, cell, message):
     lines = (tmp_path / "train.csv").read_text().splitlines()
     lines[3] = lines[3].rsplit(",", 1)[0] + f",{cell}"
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
-    assert message in refused("check", "--spec", spec)
+    assert message in one_line_error("check", "--spec", spec)
 
 
 @pytest.mark.parametrize("metric, values, message", [
@@ -224,28 +243,28 @@ def test_the_generate_head_is_refused_for_a_number(tmp_path, tiny_llama):
 def test_rmse_cv_train_predict_score_check_and_blend(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = competition(tmp_path, "rmse")
-    out = kit("cv", "--spec", spec, "--model", "tfidf", "--folds", "4", "--name", "tf")
+    out = ok("cv", "--spec", spec, "--model", "tfidf", "--folds", "4", "--name", "tf")
     assert "tf: rmse " in out and "(OOF)" in out and "lower is better" in out
     scores = json.loads((tmp_path / "runs" / "tf" / "cv_scores.json").read_text())
     assert scores["higher_is_better"] is False and scores["rmse"] < 1.0     # the word tells the score
     oof = pd.read_csv(tmp_path / "runs" / "tf" / "oof.csv")
     assert list(oof.columns) == ["id", "true", "pred", "decided", "fold"] and oof["pred"].between(1, 5).all()
-    kit("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
-    said = kit("predict", "--spec", spec, "--run", "tf", "--out", "sub.csv")
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
+    said = ok("predict", "--spec", spec, "--run", "tf", "--out", "sub.csv")
     assert "the submission holds a number per row" in said
     written = pd.read_csv(tmp_path / "sub.csv")
     assert list(written.columns) == ["id", "score"] and written["score"].between(1, 5).all()
-    assert "valid for split test" in kit("check", "--spec", spec, "--submission", "sub.csv")
-    scored = kit("score", "--spec", spec, "--pred", "sub.csv", "--split", "test")
+    assert "valid for split test" in ok("check", "--spec", spec, "--submission", "sub.csv")
+    scored = ok("score", "--spec", spec, "--pred", "sub.csv", "--split", "test")
     truth = pd.read_csv(tmp_path / "test_labels.csv")["score"]
     rmse = float(np.sqrt(np.mean((written["score"] - truth) ** 2)))
     assert scored.startswith(f"rmse: {rmse:.4f}")
-    assert refused("predict", "--spec", spec, "--run", "tf", "--threshold", "0.5").count("no threshold decides")
+    assert one_line_error("predict", "--spec", spec, "--run", "tf", "--threshold", "0.5").count("no threshold decides")
     other = ["--spec", spec, "--model", "tfidf", "--name", "tf2", "--seed", "1"]
-    kit("cv", *other, "--folds", "4", "--no-baseline")
-    kit("train", *other)
-    kit("predict", "--spec", spec, "--run", "tf2", "--out", "sub2.csv")
-    blended = kit("blend", "tf", "tf2", "--spec", spec, "--split", "test", "--out", "blend.csv")
+    ok("cv", *other, "--folds", "4", "--no-baseline")
+    ok("train", *other)
+    ok("predict", "--spec", spec, "--run", "tf2", "--out", "sub2.csv")
+    blended = ok("blend", "tf", "tf2", "--spec", spec, "--split", "test", "--out", "blend.csv")
     assert "BLEND" in blended and "squared error" in blended and "@0.5" not in blended
     assert pd.read_csv(tmp_path / "blend.csv")["score"].between(1, 5).all()
 
@@ -253,12 +272,12 @@ def test_rmse_cv_train_predict_score_check_and_blend(tmp_path, monkeypatch):
 def test_qwk_tunes_cut_points_on_oof_rows_and_writes_integers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = competition(tmp_path, "qwk")
-    out = kit("cv", "--spec", spec, "--model", "tfidf", "--folds", "4", "--name", "tf", "--no-baseline")
+    out = ok("cv", "--spec", spec, "--model", "tfidf", "--folds", "4", "--name", "tf", "--no-baseline")
     scores = json.loads((tmp_path / "runs" / "tf" / "cv_scores.json").read_text())
     assert len(scores["cut_points"]) == 4 and scores["tuned_score"] >= scores["qwk"] - 1e-9
     assert "at OOF-tuned cut points" in out
-    kit("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
-    said = kit("predict", "--spec", spec, "--run", "tf", "--out", "sub.csv")
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
+    said = ok("predict", "--spec", spec, "--run", "tf", "--out", "sub.csv")
     assert f"rounded at cut points {scores['cut_points']}" in said
     written = pd.read_csv(tmp_path / "sub.csv")["score"]
     assert written.dtype.kind == "i" and written.between(1, 5).all()
@@ -269,15 +288,15 @@ def test_qwk_tunes_cut_points_on_oof_rows_and_writes_integers(tmp_path, monkeypa
 def test_levers_serve_and_export_refuse_a_number_task_in_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = competition(tmp_path, "rmse")
-    kit("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
-    assert "learn label probabilities" in refused("train", "--spec", spec, "--model", "tfidf", "--name", "p",
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
+    assert "learn label probabilities" in one_line_error("train", "--spec", spec, "--model", "tfidf", "--name", "p",
                                                   "--pseudo", "tf")
-    assert "a number task (metric rmse) is predicted with kit predict" in refused("serve", "--spec", spec, "--run", "tf")
+    assert "a number task (metric rmse) is predicted with kit predict" in one_line_error("serve", "--spec", spec, "--run", "tf")
 
 
 def test_prepare_writes_the_number_as_the_answer(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = competition(tmp_path, "rmse")
-    kit("prepare", "--spec", spec, "--out", "prepared")
+    ok("prepare", "--spec", spec, "--out", "prepared")
     written = json.loads((tmp_path / "prepared" / "ratings_alpaca.json").read_text())
     assert [r["output"] for r in written[:3]] == ["1", "4", "2"]

@@ -19,3 +19,12 @@ def test_words_are_matched_whole_and_case_sensitively():
     assert parse_answer("disaster", words) == 1
     assert parse_answer("Disaster", words) is None
     assert parse_answer("disasters", words) is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("no\nbecause it says so", 1),        # a short word leaves room for the rationale's first tokens
+    ("yes\n", 0), ("yes", 0),              # the separator, or the generation cut before it
+    ("yes, because\nso", None), ("\nyes", None), ("nope\nno", None),
+])
+def test_with_a_rationale_the_answer_is_the_text_before_the_separator(text, expected):
+    assert parse_answer(text, ["yes", "no"], "\n") == expected

@@ -7,10 +7,9 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from cli import ok, one_line_error
 from conftest import ANIMALS, OTHER, write_toy_competition
 
-from kit.commands.main import main
 from kit.core.errors import KitError
 from kit.core.settings import ModelArgs, TrainArgs
 from kit.engine.inference import score_labels
@@ -21,19 +20,6 @@ from kit.tasks.columns import column_of
 from kit.workflows.zero_shot import sample_rows
 
 FAST = TrainArgs(max_steps=2, batch_size=8, lr=5e-3, checkpoint_every=0)
-
-
-def kit(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def refused(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1, \
-        result.output
-    return result.output
 
 
 def runs_written(root):
@@ -47,7 +33,7 @@ def test_zero_shot_scores_each_candidate_on_the_same_rows_and_trains_nothing(tmp
                                                                                tiny_qwen2):
     monkeypatch.chdir(tmp_path)
     spec = write_toy_competition(tmp_path)
-    out = kit("cv", "--spec", spec, "--zero-shot", "--model", tiny_llama, "--model", tiny_qwen2, "--rows", "10")
+    out = ok("cv", "--spec", spec, "--zero-shot", "--model", tiny_llama, "--model", tiny_qwen2, "--rows", "10")
     assert "zero-shot on 10 labelled rows" in out and f"| {tiny_llama} |" in out and f"| {tiny_qwen2} |" in out
     assert "| f1 (at 0.5) | accuracy | auc | seconds |" in out
     assert runs_written(tmp_path) == []                         # no run folder, nothing trained
@@ -59,6 +45,7 @@ def test_the_sample_is_stratified_seeded_and_in_file_order(toy):
     assert a.ids == b.ids and len(a) == 10 and np.bincount(a.labels).tolist() == [5, 5]
     assert a.ids == sorted(a.ids, key=rows.ids.index)
     assert sample_rows(rows, 10, seed=1).ids != a.ids and sample_rows(rows).ids == rows.ids
+    assert len(sample_rows(rows, len(rows) - 1)) == len(rows) - 1     # one row left over: not stratified, still drawn
 
 
 def test_zero_shot_probabilities_are_the_base_models_own(toy, tiny_llama):
@@ -84,14 +71,14 @@ def test_zero_shot_probabilities_are_the_base_models_own(toy, tiny_llama):
 def test_zero_shot_refuses_what_has_nothing_to_score_with_before_any_work(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     spec = write_toy_competition(tmp_path)
-    assert message in refused("cv", "--spec", spec, "--zero-shot", "--model", "smollm2", *args)
+    assert message in one_line_error("cv", "--spec", spec, "--zero-shot", "--model", "smollm2", *args)
     assert runs_written(tmp_path) == []
 
 
 def test_rows_without_zero_shot_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = write_toy_competition(tmp_path)
-    assert "--rows samples the rows of --zero-shot" in refused("cv", "--spec", spec, "--rows", "5")
+    assert "--rows samples the rows of --zero-shot" in one_line_error("cv", "--spec", spec, "--rows", "5")
 
 
 # -- extra labelled data -------------------------------------------------------------------------------
@@ -114,9 +101,9 @@ def with_extra(directory, rows=10, extra=""):
 def test_extra_rows_train_every_fold_and_are_never_scored(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = with_extra(tmp_path)
-    out = kit("check", "--spec", spec)
+    out = ok("check", "--spec", spec)
     assert "extra: 10 rows from 1 [[extra]] file(s), labels {'0': 5, '1': 5}" in out
-    kit("cv", "--spec", spec, "--model", "tfidf", "--folds", "3", "--name", "with")
+    ok("cv", "--spec", spec, "--model", "tfidf", "--folds", "3", "--name", "with")
     train_ids = load_rows(load_spec(spec))[0].ids
     oof = pd.read_csv(tmp_path / "runs" / "with" / "oof.csv", dtype={"id": str})
     assert sorted(oof["id"]) == sorted(train_ids) and not oof["id"].str.startswith("extra").any()
@@ -127,21 +114,34 @@ def test_extra_rows_train_every_fold_and_are_never_scored(tmp_path, monkeypatch)
         assert fold["stats"]["extra_rows"] == 10
         assert fold["stats"]["train_rows"] == len(train_ids) - len(fold["index"]) + 10
     assert sorted(held) == list(range(len(train_ids)))          # each training row held out once, no other row
-    kit("train", "--spec", spec, "--model", "tfidf", "--name", "with")
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "with")
     metrics = json.loads((tmp_path / "runs" / "with" / "train_metrics.json").read_text())
     assert metrics["train_rows"] == len(train_ids) + 10 and metrics["extra_rows"] == 10
     config = json.loads((tmp_path / "runs" / "with" / "run.json").read_text())
     assert config["data"]["extra"][0]["path"].endswith("more.csv")
 
 
+def test_extra_rows_that_copy_a_training_row_are_dropped(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    spec = with_extra(tmp_path)
+    train = load_rows(load_spec(spec))[0]
+    with open(tmp_path / "more.csv", "a") as more:     # two training rows, copied under the extra schema
+        more.write(f'"{train.texts[0]}",1\n"{train.texts[3]}",0\n')
+    out = ok("check", "--spec", spec)
+    assert "2 of 12 [[extra]] rows dropped (the first: extra1:12)" in caplog.text and "extra: 10 rows" in out
+    ok("cv", "--spec", spec, "--model", "tfidf", "--folds", "3", "--name", "copies")
+    fold = json.loads((tmp_path / "runs" / "copies" / "cv" / "fold-0.json").read_text())
+    assert fold["stats"]["extra_rows"] == 10
+
+
 def test_the_extra_files_contents_are_part_of_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = with_extra(tmp_path)
-    kit("train", "--spec", spec, "--model", "tfidf", "--name", "r")
-    kit("predict", "--spec", spec, "--run", "r", "--out", "a.csv")
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "r")
+    ok("predict", "--spec", spec, "--run", "r", "--out", "a.csv")
     (tmp_path / "more.csv").write_text((tmp_path / "more.csv").read_text().replace(",1\n", ",0\n"))
-    assert "made with other settings" in refused("train", "--spec", spec, "--model", "tfidf", "--name", "r")
-    assert "[[extra]] files" in refused("predict", "--spec", spec, "--run", "r", "--out", "b.csv")
+    assert "made with other settings" in one_line_error("train", "--spec", spec, "--model", "tfidf", "--name", "r")
+    assert "[[extra]] files" in one_line_error("predict", "--spec", spec, "--run", "r", "--out", "b.csv")
 
 
 @pytest.mark.parametrize("extra, cell, message", [
@@ -156,21 +156,21 @@ def test_a_bad_extra_file_is_one_line(tmp_path, monkeypatch, extra, cell, messag
         lines = (tmp_path / "more.csv").read_text().splitlines()
         lines[3] = lines[3].rsplit(",", 1)[0] + f",{cell}"
         (tmp_path / "more.csv").write_text("\n".join(lines) + "\n")
-    assert message in refused("check", "--spec", spec)
+    assert message in one_line_error("check", "--spec", spec)
 
 
 def test_an_extra_file_without_its_label_column_names_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = with_extra(tmp_path)
     spec.write_text(spec.read_text().replace('label = "sentiment"', 'label = "stars"'))
-    out = refused("check", "--spec", spec)
+    out = one_line_error("check", "--spec", spec)
     assert "more.csv" in out and "'stars'" in out
 
 
 def test_max_rows_takes_the_first_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = with_extra(tmp_path, extra="max_rows = 4")
-    assert "extra: 4 rows from 1 [[extra]] file(s)" in kit("check", "--spec", spec)
+    assert "extra: 4 rows from 1 [[extra]] file(s)" in ok("check", "--spec", spec)
 
 
 # -- rationales ------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_the_generate_head_learns_label_then_rationale_and_decides_as_before(tmp
 def test_prepare_writes_the_rationale_after_the_label(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = with_rationales(tmp_path)
-    kit("prepare", "--spec", spec, "--out", "prepared")
+    ok("prepare", "--spec", spec, "--out", "prepared")
     written = json.loads((tmp_path / "prepared" / "toy_alpaca.json").read_text())
     first = pd.read_csv(tmp_path / "train.csv", dtype=str).iloc[0]
     assert written[0]["output"] == f"{first['label']}\n{first['why']}"
@@ -222,11 +222,11 @@ def test_rationale_refusals_and_the_classify_heads_note(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
     empty = with_rationales(tmp_path / "empty", empty=True)
-    assert "the rationale column 'why' is empty in every row" in refused("check", "--spec", empty)
+    assert "the rationale column 'why' is empty in every row" in one_line_error("check", "--spec", empty)
     spec = with_rationales(tmp_path)
     spec.write_text(spec.read_text().replace('input = "{text}"', 'input = "{text} {why}"'))
     with pytest.raises(KitError, match="names the rationale column 'why'"):
         load_spec(spec)
     spec.write_text(spec.read_text().replace('input = "{text} {why}"', 'input = "{text}"'))
-    out = kit("train", "--spec", spec, "--model", "tfidf")
+    out = ok("train", "--spec", spec, "--model", "tfidf")
     assert "is learned by the generative head only" in out + caplog.text

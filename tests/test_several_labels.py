@@ -8,13 +8,13 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from cli import ok, one_line_error
 from sklearn import metrics as sk
 
-from kit.commands.main import main
 from kit.core.errors import KitError
 from kit.core.settings import ModelArgs, TrainArgs
 from kit.evaluation.blending import fit_weights
+from kit.evaluation.folds import merge_small_strata
 from kit.evaluation.metrics import multi_label_value
 from kit.inputs import shapes
 from kit.inputs.data import load_rows
@@ -68,19 +68,6 @@ def competition(directory, metric="mean_auc", rows=48, test_rows=12, submission=
     return directory / "competition.toml"
 
 
-def kit(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def refused(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1, \
-        result.output
-    return result.output
-
-
 # -- metrics and folds ----------------------------------------------------------------------------
 
 def test_column_metrics_match_scikit_learn():
@@ -100,6 +87,26 @@ def test_column_metrics_match_scikit_learn():
 def test_folds_are_stratified_by_each_rows_rarest_column():
     flags = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 0, 1], [0, 1, 0]])      # positives 3, 2, 1
     assert rarest_positive(flags).tolist() == [1, 0, 3, 2, 1]
+
+
+def test_a_column_rarer_than_the_folds_still_gets_folds():
+    strata = np.array([0] * 20 + [1] * 9 + [2] * 3 + [3] * 2)          # stratum 3: 2 rows, 2: 3 rows
+    merged = merge_small_strata(strata, 5)
+    assert merged.tolist() == [0] * 20 + [1] * 9 + [3] * 5             # 2 + 3 rows pooled into one of 5
+    assert merge_small_strata([0] * 10 + [1] * 2, 5).tolist() == [0] * 12     # a short pool joins the largest
+
+
+def test_cv_of_a_column_with_fewer_positives_than_folds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = competition(tmp_path)
+    train = pd.read_csv(tmp_path / "train.csv")
+    money = train.index[train["money"] == 1]
+    train.loc[money[3:], "money"] = 0                    # 3 positives left, under 5 folds
+    train.to_csv(tmp_path / "train.csv", index=False)
+    out = ok("cv", "--spec", spec, "--model", "tfidf", "--folds", "5", "--name", "tf")
+    assert "tf: mean_auc " in out
+    oof = pd.read_csv(tmp_path / "runs" / "tf" / "oof.csv")
+    assert sorted(oof["fold"].unique().tolist()) == list(range(5))
 
 
 def test_blend_weights_by_binary_log_loss():
@@ -159,7 +166,7 @@ def test_renamed_submission_columns_and_a_bad_cell(tmp_path):
     lines = (tmp_path / "train.csv").read_text().splitlines()
     lines[4] = lines[4].rsplit(",", 1)[0] + ",2"
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
-    assert "row 5: label column 'money' holds '2', not 0 or 1" in refused("check", "--spec", tmp_path / "competition.toml")
+    assert "row 5: label column 'money' holds '2', not 0 or 1" in one_line_error("check", "--spec", tmp_path / "competition.toml")
 
 
 @pytest.mark.parametrize("metric, value, message", [
@@ -201,59 +208,59 @@ def test_the_generate_head_is_refused(tmp_path, tiny_llama):
 def test_mean_auc_cv_train_predict_score_check_and_blend(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = competition(tmp_path)
-    out = kit("cv", "--spec", spec, "--model", "tfidf", "--folds", "3", "--name", "tf")
+    out = ok("cv", "--spec", spec, "--model", "tfidf", "--folds", "3", "--name", "tf")
     assert "tf: mean_auc " in out and "positives" in out
     scores = json.loads((tmp_path / "runs" / "tf" / "cv_scores.json").read_text())
     assert scores["mean_auc"] > 0.8 and set(scores["per_column"]) == set(COLUMNS)
-    kit("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
-    said = kit("predict", "--spec", spec, "--run", "tf", "--out", "sub.csv")
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
+    said = ok("predict", "--spec", spec, "--run", "tf", "--out", "sub.csv")
     assert "each column's probability" in said
     written = pd.read_csv(tmp_path / "sub.csv")
     assert list(written.columns) == ["id", *COLUMNS] and written[COLUMNS].stack().between(0, 1).all()
-    assert "valid for split test" in kit("check", "--spec", spec, "--submission", "sub.csv")
+    assert "valid for split test" in ok("check", "--spec", spec, "--submission", "sub.csv")
     truth = pd.read_csv(tmp_path / "test_labels.csv")
     expected = np.mean([sk.roc_auc_score(truth[c], written[c]) for c in COLUMNS])
-    assert kit("score", "--spec", spec, "--pred", "sub.csv", "--split", "test").startswith(f"mean_auc: {expected:.4f}")
-    assert kit("score", "--spec", spec, "--pred", "runs/tf/predictions-test.csv",
+    assert ok("score", "--spec", spec, "--pred", "sub.csv", "--split", "test").startswith(f"mean_auc: {expected:.4f}")
+    assert ok("score", "--spec", spec, "--pred", "runs/tf/predictions-test.csv",
                "--split", "test").startswith(f"mean_auc: {expected:.4f}")
     other = ["--spec", spec, "--model", "tfidf", "--name", "tf2", "--seed", "1"]
-    kit("cv", *other, "--folds", "3", "--no-baseline")
-    kit("train", *other)
-    kit("predict", "--spec", spec, "--run", "tf2", "--out", "sub2.csv")
-    blended = kit("blend", "tf", "tf2", "--spec", spec, "--split", "test", "--out", "blend.csv")
+    ok("cv", *other, "--folds", "3", "--no-baseline")
+    ok("train", *other)
+    ok("predict", "--spec", spec, "--run", "tf2", "--out", "sub2.csv")
+    blended = ok("blend", "tf", "tf2", "--spec", spec, "--split", "test", "--out", "blend.csv")
     assert "BLEND" in blended and pd.read_csv(tmp_path / "blend.csv")[COLUMNS].stack().between(0, 1).all()
 
 
 def test_flags_decided_at_thresholds_tuned_per_column_on_oof_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = competition(tmp_path, "micro_f1")
-    out = kit("cv", "--spec", spec, "--model", "tfidf", "--folds", "3", "--name", "tf", "--no-baseline")
+    out = ok("cv", "--spec", spec, "--model", "tfidf", "--folds", "3", "--name", "tf", "--no-baseline")
     scores = json.loads((tmp_path / "runs" / "tf" / "cv_scores.json").read_text())
     assert len(scores["tuned_thresholds"]) == 3 and "OOF-tuned thresholds" in out
-    kit("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
-    said = kit("predict", "--spec", spec, "--run", "tf", "--threshold", "oof", "--out", "sub.csv")
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
+    said = ok("predict", "--spec", spec, "--run", "tf", "--threshold", "oof", "--out", "sub.csv")
     assert f"at thresholds {scores['tuned_thresholds']}" in said
     written = pd.read_csv(tmp_path / "sub.csv")
     predicted = pd.read_csv(tmp_path / "runs" / "tf" / "predictions-test.csv")
     for column, cut in zip(COLUMNS, scores["tuned_thresholds"]):
         assert written[column].tolist() == (predicted[f"p_{column}"] >= cut).astype(int).tolist()
-    assert "valid for split test" in kit("check", "--spec", spec, "--submission", "sub.csv")
-    assert kit("score", "--spec", spec, "--pred", "sub.csv", "--split", "test").startswith("micro_f1: ")
+    assert "valid for split test" in ok("check", "--spec", spec, "--submission", "sub.csv")
+    assert ok("score", "--spec", spec, "--pred", "sub.csv", "--split", "test").startswith("micro_f1: ")
 
 
 def test_levers_and_serve_refuse_several_label_columns_in_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = competition(tmp_path)
-    kit("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
-    assert "learn label probabilities" in refused("train", "--spec", spec, "--model", "tfidf", "--name", "p",
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "tf")
+    assert "learn label probabilities" in one_line_error("train", "--spec", spec, "--model", "tfidf", "--name", "p",
                                                   "--pseudo", "tf")
-    assert "several label columns (metric mean_auc) is predicted" in refused("serve", "--spec", spec, "--run", "tf")
+    assert "several label columns (metric mean_auc) is predicted" in one_line_error("serve", "--spec", spec, "--run", "tf")
 
 
 def test_prepare_writes_the_columns_that_apply_as_the_answer(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = competition(tmp_path)
-    kit("prepare", "--spec", spec, "--out", "prepared")
+    ok("prepare", "--spec", spec, "--out", "prepared")
     written = json.loads((tmp_path / "prepared" / "tags_alpaca.json").read_text())
     assert [r["output"] for r in written[:8]] == ["animal", "weather", "animal, weather", "money", "animal, money",
                                                   "weather, money", "animal, weather, money", "none"]

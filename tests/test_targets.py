@@ -2,6 +2,7 @@
 the submission's Keywords column, and a small end-to-end run with a tiny LLM."""
 import json
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -114,6 +115,11 @@ def test_a_target_spec_is_keyed_by_what_it_learns(tmp_path):
     assert other.for_target("Keywords").fingerprint() != keywords.fingerprint()
     # the label's own fingerprint does not move when a target changes
     assert other.fingerprint() == spec.fingerprint()
+    # the label's shape is not the column's: a number or several-labels label leaves the column a text
+    numbers = replace(spec, shape="number", scale=[1.0, 5.0], label_columns=["a", "b"], class_columns={"0": "x"})
+    column = numbers.for_target("Keywords")
+    assert (column.shape, column.scale, column.label_columns, column.class_columns) == ("label", None, [], {})
+    assert column.fingerprint() == keywords.fingerprint()
 
 
 # -- the roads under cv, train, predict -------------------------------------------------------

@@ -144,9 +144,11 @@ def is_decoder(config):
     return getattr(config, "model_type", "") not in ENCODER_TYPES
 
 
-def generate_labels(model, tokenizer, ids, answers, words, pad_id, batch_size=32, max_new_tokens=None):
-    """Greedy answers parsed strictly; rows whose answer is not a label word fall back to the
-    label scores of the first generated step (the same numbers score mode computes).
+def generate_labels(model, tokenizer, ids, answers, words, pad_id, batch_size=32, max_new_tokens=None,
+                    separator=None):
+    """Greedy answers parsed strictly (with a rationale separator: the text before it); rows whose
+    answer is not a label word fall back to the label scores of the first generated step (the same
+    numbers score mode computes).
     Returns (probabilities, parsed label index or -1 per row, raw answers)."""
     firsts = torch.tensor([a[0] for a in answers])
     # the longest answer already ends with end-of-turn: enough tokens to see whether the model
@@ -166,7 +168,7 @@ def generate_labels(model, tokenizer, ids, answers, words, pad_id, batch_size=32
             texts = tokenizer.batch_decode(out.sequences[:, input_ids.shape[1]:], skip_special_tokens=True)
             for i, text in zip(index, texts):
                 raw[i] = text
-                label = parse_answer(text, words)
+                label = parse_answer(text, words, separator)
                 parsed[i] = -1 if label is None else label
     return probs, parsed, raw
 

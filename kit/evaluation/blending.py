@@ -24,12 +24,13 @@ GRID_STEPS = {2: 0.02, 3: 0.05, 4: 0.1}              # simplex grid step by numb
 EPS = 1e-15
 
 
-def evaluate(metric, truth, blended):
+def evaluate(metric, truth, blended, scale=None):
     """{at_half, tuned, threshold, score}: score is what blends are compared by (two labels and a
     metric over labels: the metric at the threshold tuned on these rows, as the submission will be
-    decided; a metric over probabilities, rankings or numbers: the metric itself, no threshold)."""
+    decided; a metric over probabilities, rankings or numbers: the metric itself, no threshold;
+    scale: a number task's [low, high], which qwk rounds into)."""
     if metric_info(metric).needs == "numbers":
-        score = number_value(metric, truth, blended[:, 0])
+        score = number_value(metric, truth, blended[:, 0], scale)
         return {"at_half": score, "tuned": None, "threshold": None, "score": score}
     if np.ndim(truth) == 2:           # several label columns: flags metrics at per-column tuned thresholds
         at_half = multi_label_value(metric, truth, blended)
@@ -182,7 +183,7 @@ def fit_grid(metric, truth, probs):
     return best, f"{metric} grid (step {step:g})"
 
 
-def fit_weights(metric, truth, probs):
+def fit_weights(metric, truth, probs, scale=None):
     """(weights, how, evaluation, tried): the log-loss weights (numbers: squared error; several label
     columns: binary log loss); for a non-smooth metric of one label (<= 4 runs) also the best grid
     point; each run alone as a last resort. Kept: the best OOF metric, the log-loss weights on ties
@@ -194,14 +195,14 @@ def fit_weights(metric, truth, probs):
     candidates += [(np.eye(len(probs))[i], f"run {i + 1} alone") for i in range(len(probs))]
     best, tried = None, []
     for weights, how in candidates:
-        result = evaluate(metric, truth, combine(probs, weights))
+        result = evaluate(metric, truth, combine(probs, weights), scale)
         tried.append({"how": how, "weights": [round(float(w), 6) for w in weights], "score": result["score"]})
         if best is None or _beats(metric, result["score"], best[2]["score"]):
             best = (weights, how, result)
     return (*best, tried)
 
 
-def nested_blend(metric, truth, probs, fold):
+def nested_blend(metric, truth, probs, fold, scale=None):
     """The blend scored as a whole procedure, out of fold: for each fold, the weights (and a binary
     label metric's threshold, or several columns' thresholds) are fitted on the other folds' OOF rows
     alone and applied to that fold's rows; the metric is then taken over every row. This is the
@@ -217,20 +218,20 @@ def nested_blend(metric, truth, probs, fold):
     per_fold = {}
     for number in numbers:
         inside, outside = fold == number, fold != number
-        weights, _, result, _ = fit_weights(metric, truth[outside], [p[outside] for p in probs])
+        weights, _, result, _ = fit_weights(metric, truth[outside], [p[outside] for p in probs], scale)
         blended[inside] = combine([p[inside] for p in probs], weights)
         if several and needs == "labels":
             thresholds[inside] = tune_column_thresholds(truth[outside], combine([p[outside] for p in probs], weights))
         elif result["threshold"] is not None:
             thresholds[inside] = result["threshold"]
         per_fold[int(number)] = [round(float(w), 6) for w in weights]
-    return {"score": _value_at(metric, truth, blended, thresholds), "weights": per_fold}
+    return {"score": _value_at(metric, truth, blended, thresholds, scale), "weights": per_fold}
 
 
-def _value_at(metric, truth, blended, thresholds):
+def _value_at(metric, truth, blended, thresholds, scale=None):
     """The metric of blended outputs decided at per-row thresholds (where the metric decides labels)."""
     if metric_info(metric).needs == "numbers":
-        return number_value(metric, truth, blended[:, 0])
+        return number_value(metric, truth, blended[:, 0], scale)
     if np.ndim(truth) == 2:
         return multi_label_value(metric, truth, blended, thresholds)
     if blended.shape[1] == 2 and metric_info(metric).needs == "labels":

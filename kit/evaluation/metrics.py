@@ -110,24 +110,32 @@ def _auc(truth, probs):
     return float(sk.roc_auc_score(truth, p, multi_class="ovr", labels=list(range(probs.shape[1]))))
 
 
-def number_value(name, truth, values):
-    """A numbers metric of predicted values (qwk: of the integers they were rounded to)."""
+def number_value(name, truth, values, scale=None):
+    """A numbers metric of predicted values (qwk: of the scale's integers they round to, half up)."""
     truth, values = np.asarray(truth, float), np.asarray(values, float)
     if name == "rmse":
         return float(np.sqrt(np.mean((truth - values) ** 2)))
     if name == "mae":
         return float(np.mean(np.abs(truth - values)))
     if name == "qwk":
-        return quadratic_kappa(truth, values)
+        return quadratic_kappa(truth, round_half_up(values, scale), scale)
     raise ValueError(f"unknown numbers metric {name!r}")
 
 
-def quadratic_kappa(truth, values):
-    """Cohen's kappa with quadratic weights on integer scores (1.0 when both are one constant)."""
-    truth, values = np.rint(truth).astype(int), np.rint(values).astype(int)
+def round_half_up(values, scale=None):
+    """The integers a submission writes: 2.5 -> 3 (np.rint would give 2), clipped to the scale."""
+    rounded = np.floor(np.asarray(values, float) + 0.5)
+    return np.clip(rounded, *scale) if scale else rounded
+
+
+def quadratic_kappa(truth, values, scale=None):
+    """Cohen's kappa with quadratic weights on integer scores, the weights over every integer of
+    the scale (a score nobody gave still counts in the distances); 1.0 when both are one constant."""
+    truth, values = round_half_up(truth).astype(int), round_half_up(values).astype(int)
+    labels = list(range(int(scale[0]), int(scale[1]) + 1)) if scale else None
     if len(set(truth.tolist()) | set(values.tolist())) < 2:
         return 1.0
-    return float(sk.cohen_kappa_score(truth, values, weights="quadratic"))
+    return float(sk.cohen_kappa_score(truth, values, weights="quadratic", labels=labels))
 
 
 def apply_cut_points(values, cuts, low):
@@ -140,8 +148,9 @@ def tune_cut_points(truth, values, low, high, rounds=3):
     test): start at the half-way points, then move one cut at a time to the best of a grid of
     candidates between its neighbours, a few rounds over all cuts (the "optimised rounder" of
     essay-scoring competitions). Returns (cuts, their QWK)."""
+    scale = (low, high)
     cuts = np.arange(low, high) + 0.5
-    best = quadratic_kappa(truth, apply_cut_points(values, cuts, low))
+    best = quadratic_kappa(truth, apply_cut_points(values, cuts, low), scale)
     for _ in range(rounds):
         for i in range(len(cuts)):
             lower = cuts[i - 1] if i else min(float(np.min(values)), cuts[i] - 1)
@@ -149,7 +158,7 @@ def tune_cut_points(truth, values, low, high, rounds=3):
             for candidate in np.linspace(lower, upper, 41)[1:-1]:
                 trial = cuts.copy()
                 trial[i] = candidate
-                score = quadratic_kappa(truth, apply_cut_points(values, trial, low))
+                score = quadratic_kappa(truth, apply_cut_points(values, trial, low), scale)
                 if score > best + 1e-12:
                     best, cuts = score, trial
     return [round(float(c), 4) for c in cuts], best

@@ -13,7 +13,7 @@ def check_all(spec, submission_path=None, split="test"):
     encoding = frame.attrs["encoding"]
     counts = _label_counts(spec, rows.labels) if spec.has_labels else ""
     lines.append(f"train {spec.train}: {len(rows)} rows ({encoding}){counts}")
-    extra = extra_rows(spec)
+    extra = extra_rows(spec, rows)
     if extra is not None:
         lines.append(f"extra: {len(extra)} rows from {len(spec.extra)} [[extra]] file(s)"
                      f"{_label_counts(spec, extra.labels)}; they join every fit's training rows, never a held-out row")

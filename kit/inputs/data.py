@@ -16,6 +16,7 @@ import pandas as pd
 
 from kit.core.errors import KitError
 from kit.core.logs import log
+from kit.evaluation.metrics import metric_info
 from kit.inputs.spec import render_template, template_fields
 
 _FLOAT_ID = re.compile(r"^(-?\d+)\.0+$")
@@ -301,9 +302,12 @@ def read_rationales(spec, frame, path):
     return texts
 
 
-def extra_rows(spec):
+def extra_rows(spec, training):
     """Every [[extra]] file's rows as one Rows (ids "extra<n>:<row>", never an id of the training
-    file), each read under its own label column and input template; None without [[extra]]."""
+    file), each read under its own label column and input template; None without [[extra]].
+    A row whose input is a training row's input is dropped: joined to every fold's training rows,
+    it would put a held-out row's text into its own fold's fit (public extra data is often a copy
+    of the competition's source)."""
     joined = None
     for number, extra in enumerate(spec.extra, 1):
         frame = read_csv(extra.path)
@@ -315,7 +319,19 @@ def extra_rows(spec):
         labels = read_labels(spec, frame, extra.path, extra.label)
         rows = Rows([f"extra{number}:{row}" for row in range(2, len(frame) + 2)], texts, labels)
         joined = rows if joined is None else join_rows(joined, rows)
-    return joined
+    return None if joined is None else _unseen(joined, training)
+
+
+def _unseen(extra, training):
+    """The extra rows whose input no training row has (None when none is left), the rest logged."""
+    seen = set(training.texts)
+    dropped = [i for i, text in enumerate(extra.texts) if text in seen]
+    if dropped:
+        log(f"extra: {len(dropped)} of {len(extra)} [[extra]] rows dropped (the first: {extra.ids[dropped[0]]}): "
+            "their input is a training row's input, and a held-out row's copy would be trained on in its own fold")
+    keep = sorted(set(range(len(extra))) - set(dropped))
+    return extra.subset(keep) if keep else None
+
 
 def read_labels(spec, frame, path, column=None):
     """The label column's cells (column: another file's label column) as what is learned and
@@ -326,7 +342,7 @@ def read_labels(spec, frame, path, column=None):
     column = column or spec.label_column
     values = frame[column].tolist()
     if spec.shape == "number":
-        return read_numbers(values, spec.scale, path, column)
+        return read_numbers(values, spec.scale, path, column, integers=metric_info(spec.metric).cut_points)
     return normalise_labels(values, spec.labels, path, column)
 
 
@@ -344,8 +360,9 @@ def read_flags(frame, columns, path):
     return list(zip(*(flags[c] for c in columns)))
 
 
-def read_numbers(values, scale, path, column):
-    """Raw cells -> floats: each finite and, with a scale, inside it, else the first bad row."""
+def read_numbers(values, scale, path, column, integers=False):
+    """Raw cells -> floats: each finite, with a scale inside it, and integers where the metric
+    scores integers (qwk), else the first bad row."""
     out = []
     for row, value in enumerate(values, start=2):
         try:
@@ -357,6 +374,8 @@ def read_numbers(values, scale, path, column):
         if scale and not scale[0] <= number <= scale[1]:
             raise KitError(f"{path}: row {row}: {column} {value!r} is outside the spec's scale "
                            f"[{scale[0]:g}, {scale[1]:g}]")
+        if integers and not number.is_integer():
+            raise KitError(f"{path}: row {row}: {column} {value!r} is not an integer, and qwk scores integers")
         out.append(number)
     return out
 

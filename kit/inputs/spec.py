@@ -114,6 +114,8 @@ class Spec:
                        train=target.train or self.train, label_column=target.source, labels=[], label_words={},
                        instruction=target.instruction, metric=target.metric, input_template=target.input_template,
                        max_length=target.max_length, few_shot=0, extra=[], rationale_column=None,
+                       # the label's submission shape is not the column's: a text per row
+                       shape="label", class_columns={}, separator=" ", scale=None, label_columns=[],
                        target={k: v for k, v in asdict(target).items() if k != "train"})   # the data key covers it
 
     @property

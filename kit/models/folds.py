@@ -74,13 +74,19 @@ def merge_fold_adapters(fold_dirs, target):
         raise KitError(f"{fold_dirs[0]}: --models merged cannot stack DoRA adapters (their magnitudes do not add)")
     if any(state.keys() != states[0].keys() for state in states):
         raise KitError("--models merged: the fold adapters have different weights; were they made by one run?")
-    merged = {name: _merged_tensor(name, [state[name].float() for state in states]) for name in states[0]}
+    tasks = [json.loads((Path(d) / MODEL_FILE).read_text())["task"] for d in fold_dirs]
+    head_weights = _head_weights(tasks)
+    merged = {name: _merged_tensor(name, [state[name].float() for state in states], head_weights)
+              for name in states[0]}
     staging = Path(target).with_name(Path(target).name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(fold_dirs[0], staging)
     save_file({k: v.to(states[0][k].dtype).contiguous() for k, v in merged.items()}, staging / ADAPTER)
     (staging / config_name).write_text(json.dumps(_stacked_config(config, len(states)), indent=2))
     state = json.loads((staging / MODEL_FILE).read_text())
+    if "spread" in state["task"]:       # a number task: the folds' mean center and spread (see _head_weights)
+        state["task"].update(center=float(np.mean([t["center"] for t in tasks])),
+                             spread=float(np.mean([t["spread"] for t in tasks])))
     ids = [json.loads((Path(d) / MODEL_FILE).read_text()).get("model_id") for d in fold_dirs]
     state["model_id"] = hashlib.sha256(json.dumps(["merged: stacked ranks", ids]).encode()).hexdigest()[:16]
     (staging / MODEL_FILE).write_text(json.dumps(state, indent=2))
@@ -89,14 +95,25 @@ def merge_fold_adapters(fold_dirs, target):
     return Path(target)
 
 
-def _merged_tensor(name, tensors):
+def _head_weights(tasks):
+    """Each fold head's weight in the merged head's mean: 1, except for a number task, whose fold k
+    outputs center_k + spread_k * head_k(h) (targets standardised on fold k's rows). The merged model
+    outputs mean(center) + mean(spread) * head(h), so head = mean_k (spread_k / mean(spread)) head_k
+    makes it the mean of the fold heads' numbers on the same h, exactly."""
+    if "spread" not in tasks[0]:
+        return [1.0] * len(tasks)
+    spreads = np.array([t["spread"] for t in tasks], float)
+    return (spreads / spreads.mean()).tolist()
+
+
+def _merged_tensor(name, tensors, head_weights):
     """lora_A: stacked (rows); lora_B: stacked (columns) over K, so B'A' = mean_k B_k A_k; any
-    other tensor (the trained head): the plain mean."""
+    other tensor (the trained head): the mean, weighted by head_weights."""
     if ".lora_A." in name or ".lora_embedding_A" in name:
         return torch.cat(tensors, 0)
     if ".lora_B." in name or ".lora_embedding_B" in name:
         return torch.cat(tensors, 1) / len(tensors)
-    return sum(tensors) / len(tensors)
+    return sum(w * t for w, t in zip(head_weights, tensors)) / len(tensors)
 
 
 def _stacked_config(config, k):

@@ -410,7 +410,8 @@ class TransformerModel(Estimator):
             return Prediction(probs, ["classify"] * len(ids), stats={**stats, **self.predict_frozen})
         if mode == SCORE:
             return Prediction(self._label_scores(ids), [SCORE] * len(ids), stats={**stats, **self.predict_frozen})
-        probs, parsed, raw = generate_labels(self.model, self.tokenizer, ids, self.answers, self.task.words, pad, size)
+        probs, parsed, raw = generate_labels(self.model, self.tokenizer, ids, self.answers, self.task.words, pad, size,
+                                             separator=self.task.rationale_separator)
         if not first_tokens_differ(self.answers):   # the fallback needs whole-answer scores then
             probs = self._label_scores(ids)
         decided = [GENERATE if p >= 0 else FALLBACK for p in parsed]

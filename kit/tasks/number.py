@@ -97,10 +97,8 @@ class NumberColumn:
                              "decided": decided if decided is not None else ["blend"] * len(ids), "fold": fold})
 
     def value(self, truth, predicted):
-        """The metric of predicted numbers (qwk: rounded to the scale's integers at the half-way points)."""
-        if self.metric.cut_points:
-            predicted = apply_cut_points(predicted, np.arange(*self.spec.scale) + 0.5, self.spec.scale[0])
-        return number_value(self.spec.metric, truth, predicted)
+        """The metric of predicted numbers (qwk: rounded half up to the scale's integers)."""
+        return number_value(self.spec.metric, truth, predicted, self.spec.scale)
 
     def scores(self, truth, predicted):
         """Every numbers metric of these rows (the spec's first), for CV, kit score and the report."""

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from kit.core.errors import KitError
-from kit.evaluation.folds import assign_folds
+from kit.evaluation.folds import assign_folds, merge_small_strata
 from kit.evaluation.metrics import column_aucs, metric_info, metric_value, multi_label_value, tune_column_thresholds
 from kit.inputs.data import load_rows, read_flags
 from kit.inputs.shapes import DIGITS
@@ -65,7 +65,8 @@ class SeveralLabelsColumn:
         return None
 
     def folds(self, rows, folds, seed, holdout):
-        return assign_folds(rarest_positive(rows.labels), folds, seed, holdout)
+        strata = merge_small_strata(rarest_positive(rows.labels), 2 if holdout else folds)
+        return assign_folds(strata, folds, seed, holdout)
 
     # -- cross-validation ----------------------------------------------------------------------
     def summary(self, rows, fold, results, oof):

@@ -168,9 +168,9 @@ def blend(spec, names, split=None, out=SUBMISSION, name=None, runs_dir=RUNS):
         rows, frame = load_rows(spec, split)       # input errors first
         submit.check_destination(out, spec, runs_dir)     # never over an input, nor in a run folder
     runs, config, ids, truth, fold, probs = read_runs(spec, names, runs_dir)
-    weights, how, result, tried = fit_weights(spec.metric, truth, probs)
+    weights, how, result, tried = fit_weights(spec.metric, truth, probs, spec.scale)
     members = [{"run": run.name, "key": run.key, "weight": round(float(w), 6),
-                **evaluate(spec.metric, truth, p)} for run, w, p in zip(runs, weights, probs)]
+                **evaluate(spec.metric, truth, p, spec.scale)} for run, w, p in zip(runs, weights, probs)]
     key = fingerprint("blend", [run.key for run in runs])
     directory = _blend_folder(runs_dir, name or f"blend-{key[:6]}", key)
     column, blended = label_column(spec), combine(probs, weights)
@@ -181,7 +181,7 @@ def blend(spec, names, split=None, out=SUBMISSION, name=None, runs_dir=RUNS):
                "threshold": threshold,
                "blend": result, "optimistic": True, "directory": str(directory),
                # the honest figure: weights (and threshold) fitted without each row's fold
-               "nested": nested_blend(spec.metric, truth, probs, fold)}
+               "nested": nested_blend(spec.metric, truth, probs, fold, spec.scale)}
     oof = column.oof_table(ids, truth, blended, fold, threshold)
     split_table = None
     if split is not None:

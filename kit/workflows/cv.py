@@ -106,7 +106,7 @@ def cross_validate(spec, model_args, train_args, folds=5, holdout=None, fold_see
     # pseudo rows and teacher probabilities per fold, from the teacher's fold models only
     levers, train_args = for_cv(column, rows, fold, encoder, train_args, runs, trust_remote_code)
     note_unused_rationales(column.spec, encoder)
-    extra = extra_rows(column.spec)       # [[extra]]: in every fold's training rows, never held out
+    extra = extra_rows(column.spec, rows)       # [[extra]]: in every fold's training rows, never held out
     refuse_teacher_with_extra(extra, train_args)
     run = open_run(column.spec, model_args, train_args, name, overwrite, runs)
     key = fingerprint(run.key, fold.tolist(), column.progress_mode(mode))

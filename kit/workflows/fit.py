@@ -52,7 +52,7 @@ def train_run(spec, model_args, train_args, name=None, resume=False, overwrite=F
     model_args = model.resolve_args()      # `auto` -> this device's values, part of the run's key
     # pseudo rows and teacher probabilities; their fingerprints join the run's key
     rows, train_args, lever_stats = levers.for_train(column, rows, model, train_args, runs)
-    extra = extra_rows(spec)          # [[extra]]: more labelled rows of the same task
+    extra = extra_rows(spec, rows)          # [[extra]]: more labelled rows of the same task
     refuse_teacher_with_extra(extra, train_args)
     if extra is not None:
         log(f"train: {len(extra)} [[extra]] rows join the {len(rows)} training rows")

@@ -336,7 +336,7 @@ def fold_source(spec, name, fold, option, runs=RUNS, trust_remote_code=False):
 def _weights_without(spec, number, truth, oof_fold, probs):
     """The blend weights fitted on the members' OOF rows outside fold `number`."""
     outside = oof_fold != number
-    return fit_weights(spec.metric, truth[outside], [p[outside] for p in probs])[0]
+    return fit_weights(spec.metric, truth[outside], [p[outside] for p in probs], spec.scale)[0]
 
 
 @dataclass

@@ -27,7 +27,9 @@ def sample_rows(rows, count=None, seed=0):
         raise KitError(f"--rows {count}: score at least 2 rows")
     labels = np.asarray(rows.labels)
     counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 and count >= len(counts[counts > 0]) else None
+    classes = len(counts[counts > 0])
+    # stratifying needs two rows of every label, and every label on both sides of the split
+    stratify = labels if counts[counts > 0].min() >= 2 and min(count, len(rows) - count) >= classes else None
     index, _ = train_test_split(np.arange(len(rows)), train_size=count, random_state=seed, stratify=stratify)
     return rows.subset(sorted(index.tolist()))
 
