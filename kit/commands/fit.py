@@ -27,6 +27,7 @@ from kit.core.settings import TFIDF, ModelArgs
 from kit.inputs.sweep import read_sweep, split_overrides
 from kit.outputs.report import write_report
 from kit.tasks.columns import column_of
+from kit.workflows.auto import auto, parse_budget, write_choice
 from kit.workflows.blend import blend, format_blend
 from kit.workflows.cv import cross_validate
 from kit.workflows.fit import took, train_run
@@ -218,3 +219,32 @@ def blend_command(spec_path, runs, split, out, name, run_options, runs_dir):
     if split is not None:
         cut = f", threshold {summary['threshold']:.4g}" if summary["threshold"] is not None else ""
         say(f"submission: {out} ({split}{cut})")
+
+
+@click.command("auto")
+@spec_option
+@click.option("--budget", default="60m", show_default=True,
+              help="Time for every road together: 30m, 2h, 90s (a plain number is minutes). A road whose estimate "
+                   "does not fit what is left is listed, not run.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--holdout", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=None,
+              help="Hold out this fraction once instead of k folds (no nested blend: blends are then not recommended).")
+@click.option("--fold-seed", type=int, default=0, show_default=True)
+@click.option("--model", "models", multiple=True,
+              help="Another LLM road (a model directory: the larger model of a GPU), tried after the default ones.")
+@click.option("--write", "split", default=None, help="Also write the chosen road's submission for this split.")
+@click.option("--out", default=str(SUBMISSION), show_default=True, help="The submission (with --write).")
+@TRUST_REMOTE_CODE
+@RUNS_DIR
+@friendly
+def auto_command(spec_path, budget, folds, holdout, fold_seed, models, split, out, trust_remote_code, runs_dir):
+    """Try the roads under one budget on the same folds, score them honestly, and name what to upload."""
+    spec = open_spec(spec_path)
+    if split is not None:
+        spec.split_path(split)                     # an unknown split is refused before any road runs
+    table, best = auto(spec, parse_budget(budget), folds, holdout, fold_seed, models, Path(runs_dir),
+                       trust_remote_code)
+    say(table)
+    if split is not None and best is not None:
+        write_choice(spec, best, split, out, Path(runs_dir))
+        say(f"submission: {out} ({split}, {best['road']})")

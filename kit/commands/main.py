@@ -20,6 +20,7 @@ VERBS = {
     "train": ("kit.commands.fit", "train", "Fine-tune on the whole train split; saves runs/<name>/."),
     "cv": ("kit.commands.fit", "cv", "Cross-validate: OOF score, per-fold spread, the TF-IDF baseline beside it."),
     "predict": ("kit.commands.fit", "predict", "Predict a split and write a validated submission."),
+    "auto": ("kit.commands.fit", "auto_command", "Try the roads under one budget on the same folds, score them honestly, and name what to upload."),
     "blend": ("kit.commands.fit", "blend_command", "Blend runs (names under runs/ or paths): simplex weights fitted on their OOF rows."),
     "runs": ("kit.commands.runs", "runs_command", "Every run as a leaderboard: one table per spec, best CV score first, unscored runs last."),
     "report": ("kit.commands.runs", "report_command", "Write one self-contained HTML page: the leaderboard, then each run's plots."),

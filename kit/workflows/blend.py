@@ -98,6 +98,14 @@ def read_runs(spec, names, runs=RUNS):
     return [r[0] for r in loaded], first[1], first[2], first[3], first[5], [r[4] for r in loaded]
 
 
+def run_oof(spec, name, runs=RUNS):
+    """(truth, fold, outputs) of one run's oof.csv, the run checked against this spec as a blend's are."""
+    run = load_run(name, runs)
+    check_trained_on(run, spec, "score")
+    _, truth, outputs, fold = _oof(run, label_column(spec))
+    return truth, fold, outputs
+
+
 # -- scoring a blend ----------------------------------------------------------------------------
 
 
