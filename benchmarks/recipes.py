@@ -13,6 +13,8 @@ outer rows as if they were a competition's test split, and scores each road's su
   llm folds          the LLM's 5 fold models, probabilities averaged
   llm merged         their LoRA weights averaged into one adapter
   blend              `kit blend llm minilm tfidf` (weights fitted on the OOF rows)
+  (with --auto B: only `kit auto --budget B --write outer`: the road it picks, its printed honest
+  score, and that submission's outer score)
   llm + pseudo       `kit train --pseudo blend:outer`: the blend's confident outer predictions
                      (their labels unused) added to the 80 %; with --pseudo-cv also `kit cv
                      --pseudo blend:outer` for its OOF score (fold k: the blend's fold-k members)
@@ -139,6 +141,8 @@ def main():
     parser.add_argument("--pseudo-threshold", type=float, default=0.9)
     parser.add_argument("--pseudo-cv", action="store_true",
                         help="also cross-validate the pseudo-labelled LLM (its OOF score; one more LLM CV)")
+    parser.add_argument("--auto", metavar="BUDGET", default=None,
+                        help="run `kit auto --budget BUDGET` on the 80 %% instead, and score what it picks")
     args = parser.parse_args()
 
     spec = load_spec(args.spec)
@@ -154,6 +158,8 @@ def main():
     print(f"{spec.name}: {n_inner} rows for kit cv, {n_outer} outer rows kept aside ({spec_path})", flush=True)
 
     steps = Steps(work, spec_path, sys.executable)
+    if args.auto:
+        return auto_on_outer(steps, outer_spec, work, args, n_outer)
     runs = {road: f"{name}-{road}" for road in ("tfidf", "minilm", "llm", "blend", "llm-pseudo")}
     folds = ["--folds", str(args.folds), "--fold-seed", "0", "--keep-models", "--no-baseline"]
     threshold = ["--threshold", "oof"] if binary else []
@@ -237,6 +243,32 @@ def main():
     write_json(work / "recipes.json", {"spec": spec.name, "metric": metric, "outer_rows": n_outer,
                                        "inner_rows": n_inner, "steps_seconds": steps.done, "rows": results})
     atomic_write(work / "recipes.md", lambda tmp: Path(tmp).write_text(table + "\n", encoding="utf-8"))
+
+
+def auto_on_outer(steps, outer_spec, work, args, n_outer):
+    """`kit auto` on the 80 %: its pick, the honest score it printed, and the pick's outer score."""
+    out = work / "submit-auto.csv"
+    seconds = steps.run(f"auto {args.auto}", "auto", "--budget", args.auto, "--folds", str(args.folds),
+                        "--write", OUTER, "--out", str(out))
+    table = json.loads((ROOT / "runs" / f"{outer_spec.name}-auto.json").read_text())
+    candidates = [*table["results"], *([table["blend"]] if table["blend"] else [])]
+    best = next(c for c in candidates if c["run"] == table["best"])
+    metric = outer_spec.metric
+    outer = score_file(outer_spec, str(out), str(work / "outer-answers.csv"))[metric]
+    lines = [f"{outer_spec.name}: kit auto --budget {args.auto} ({args.folds} folds, {seconds / 60:.1f} min)", "",
+             f"| road | honest {metric} (printed) | fitted on its OOF rows | outer {metric} ({n_outer} rows) "
+             "| printed - outer |", "| --- | --- | --- | --- | --- |"]
+    for c in candidates:
+        mark = " (picked)" if c is best else ""
+        shown = f"**{outer:.4f}**" if c is best else "-"
+        gap = f"{c['honest'] - outer:+.4f}" if c is best else "-"
+        lines.append(f"| {c['road']}{mark} | {c['honest']:.4f} | {c['fitted']:.4f} | {shown} | {gap} |")
+    lines += [f"did not fit: {s['road']} (about {s['estimate'] / 60:.1f} min)" for s in table["skipped"]]
+    text = "\n".join(lines)
+    print("\n" + text, flush=True)
+    write_json(work / "auto.json", {"budget": args.auto, "seconds": seconds, "picked": best["road"],
+                                    "printed": best["honest"], "outer": outer, "table": table})
+    atomic_write(work / "auto.md", lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
 
 
 def fail(message):

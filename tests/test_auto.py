@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from cli import ok, one_line_error
+
 from kit.core.errors import KitError
 from kit.core.settings import TrainArgs
 from kit.workflows.auto import RATES_FILE, Road, minilm_recipe, parse_budget, token_epochs

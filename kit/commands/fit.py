@@ -1,5 +1,6 @@
 """`kit train`, `kit cv`, `kit predict` and `kit blend`: fitting, scoring and writing submissions."""
 import functools
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from kit.commands.options import (
     spec_option,
     split_args,
 )
+from kit.core.budget import parse_duration
 from kit.core.errors import KitError
 from kit.core.files import write_json, write_text
 from kit.core.settings import TFIDF, ModelArgs
@@ -42,18 +44,27 @@ from kit.workflows.zero_shot import format_zero_shot, zero_shot
 @click.option("--name", default=None,
               help="Run folder name under runs/ (default: <spec>-<model>-<head>-<settings key>).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (same settings only).")
+@click.option("--time-budget", default=None,
+              help="Time for the whole command (30m, 2h, 90s): training stops when it is spent and the model so far "
+                   "is saved, usable, and said to be cut short.")
 @TARGET
 @RUNS_DIR
 @friendly
-def train(spec_path, name, resume, trust_remote_code, overwrite, target, runs_dir, **options):
+def train(spec_path, name, resume, time_budget, trust_remote_code, overwrite, target, runs_dir, **options):
     """Fine-tune on the whole train split; saves runs/<name>/."""
+    deadline = time.monotonic() + parse_duration(time_budget) if time_budget is not None else None
     if target and click.get_current_context().get_parameter_source("model") is ParameterSource.DEFAULT:
         options["model"] = DEFAULT_ROAD
     model_args, train_args, max_length = split_args(options)
+    train_args = replace(train_args, deadline=deadline)
     directory, stats = train_run(open_spec(spec_path, max_length), model_args, train_args, name, resume, overwrite,
                                  trust_remote_code, runs=Path(runs_dir), target=target)
     loss = f"; final loss {stats['final_loss']}" if stats["final_loss"] is not None else ""
     say(f"trained {directory} in {took(stats['train_seconds'])}{loss}")
+    cut = stats.get("stopped_by_time_budget")
+    if cut:
+        say(f"time budget: training stopped at step {cut['steps']} of {cut['planned']} ({time_budget}); "
+            "the saved model is the one at that step")
 
 
 @click.command()
@@ -78,25 +89,40 @@ def train(spec_path, name, resume, trust_remote_code, overwrite, target, runs_di
                    "auto: full when the run has one, else folds.")
 @click.option("--target-run", "target_runs", multiple=True, metavar="COLUMN=RUN",
               help="The run that predicts a [targets] column (default: its latest trained run). Repeatable.")
+@click.option("--time-budget", default=None,
+              help="Time for the whole command (30m, 2h, 90s): the label's rows the run has no time for, by the rate "
+                   "measured on its first rows, are decided by --fallback, counted per row.")
+@click.option("--fallback", default=None, help="With --time-budget: a fast run of this spec (TF-IDF, a smaller model).")
 @TRUST_REMOTE_CODE
 @RUNS_DIR
 @friendly
 def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code, report_out, models,
-            target_runs, runs_dir):
+            target_runs, time_budget, fallback, runs_dir):
     """Predict a split and write a validated submission."""
+    started = time.monotonic()
+    budget = parse_duration(time_budget) if time_budget is not None else None
     spec = open_spec(spec_path)
     result = predict_split(spec, split, run, mode, threshold, out, runs=Path(runs_dir), allow_spec_change=allow_spec_change,
                            trust_remote_code=trust_remote_code, models=models,
-                           target_runs=_column_runs(target_runs, spec))
+                           target_runs=_column_runs(target_runs, spec), time_budget=budget, fallback=fallback)
     if result is None:                      # not rank 0: rank 0 wrote the submission
         return
     path, results = result
     for column_result in results:
         say(column_result.column.prediction_line(column_result.stats, column_result.predictions_file))
+        if "fallback_rows" in column_result.stats:
+            say(_budget_line(column_result.stats, time.monotonic() - started))
     say(f"submission: {path}")
     label_runs = [r.run.directory for r in results if r.column.target is None]
     if report_out and label_runs:
         say(f"report: {write_report(label_runs, spec, report_out, split)}")
+
+
+def _budget_line(stats, seconds):
+    """What a time budget did: the rows each road decided, the time spent against the budget."""
+    return (f"time budget: {seconds / 60:.1f} of {stats['time_budget_s'] / 60:.1f} min spent; "
+            f"{stats['main_rows']} rows by the run, {stats['fallback_rows']} by the fallback run {stats['fallback_run']} "
+            "(each row's road is in the predictions file's decided column)")
 
 
 def _column_runs(pairs, spec):

@@ -25,6 +25,7 @@ VERBS = {
     "runs": ("kit.commands.runs", "runs_command", "Every run as a leaderboard: one table per spec, best CV score first, unscored runs last."),
     "report": ("kit.commands.runs", "report_command", "Write one self-contained HTML page: the leaderboard, then each run's plots."),
     "cache": ("kit.commands.cache", "cache", "Show (or --clear) the frozen lower blocks' state cache: runs/.state-cache, or $KIT_STATE_CACHE."),
+    "bundle": ("kit.commands.bundle", "bundle_command", "Write the folder to upload for an offline competition notebook: the kit and its missing wheels, runs, spec, run.py."),
     "serve": ("kit.commands.serving", "serve", "Serve a trained run over HTTP, OpenAI-compatible: /v1/models, /v1/chat/completions, /v1/classify."),
     "export": ("kit.commands.serving", "export", "Export a trained run for serving engines: LoRA merged, tokenizer, prompt format, vLLM commands."),
     "bench": ("kit.commands.bench", "bench", "Measure predict and train speed against the usual way (naive loop, transformers.Trainer)."),

@@ -27,6 +27,8 @@ class TrainArgs:
     kl_weight: float = 0.5       # W in (1 - W) * CE + W * T^2 * KL(teacher_T || student_T)
     temperature: float = 2.0     # T
     teacher_fingerprint: str = None
+    deadline: float = None       # kit train --time-budget: the monotonic time the loop stops at, a usable model
+                                 # saved (never part of a run's key: it says when, not what, is learned)
 
 
 EMBEDDED_LLM = "smollm2"

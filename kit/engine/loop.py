@@ -7,6 +7,7 @@ checkpoints every N steps with everything needed to resume to the same final wei
 import contextlib
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -86,6 +87,14 @@ def autocast_and_scaler(precision, device_type):
     return (lambda: torch.autocast(device_type, dtype=dtype)), scaler
 
 
+def _out_of_time(deadline, ranks, device):
+    """Whether the deadline has passed (every rank stops at the same step: one says, all stop)."""
+    if deadline is None:
+        return False
+    late = float(time.monotonic() >= deadline)
+    return (float(dist.all_reduce_sum(torch.tensor(late, device=device))) if ranks > 1 else late) > 0
+
+
 def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc="train",
         left_pad=True, frozen_bottom=True, checkpoint_key=None, precision="fp32", data_parallel=True,
         state_source=None, on_step=None):
@@ -129,6 +138,9 @@ def fit(module, ids, targets, pad_id, args, checkpoint=None, resume=False, desc=
     bar = progress(total=steps, initial=step, desc=desc, unit="step", disable=rank != 0)
     with bottom if bottom is not None else contextlib.nullcontext():
         while step < steps:
+            if step and _out_of_time(args.deadline, ranks, model.device):   # at least one step: a model that learned
+                log(f"{desc}: the time budget stops training at step {step} of {steps}; the model so far is kept")
+                break
             if on_step:
                 on_step(step)
             running = 0.0

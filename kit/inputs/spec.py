@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
 import string
 import tomllib
@@ -17,6 +18,7 @@ from kit.core.errors import KitError
 from kit.evaluation.metrics import METRIC_NAMES, MULTI_LABEL_METRICS, NUMBER_METRICS, metric_info
 from kit.inputs.shapes import MULTI_SHAPES, default_shape, shape_error
 
+DATA_DIR_ENV = "KIT_DATA_DIR"
 DEFAULT_SPEC = "data/competition.toml"
 
 TOP_KEYS = ("name", "train", "splits", "answers", "columns", "task", "submission", "targets", "extra")
@@ -670,12 +672,37 @@ def _answer_free(template, key, answers, where):
                            "the input must not contain the answer")
 
 
+class DataFolder:
+    """Where a spec's data files are read from under KIT_DATA_DIR (folders separated by os.pathsep):
+    each file by its own name ("../data/train.csv" -> <folder>/train.csv), from the first folder that
+    has it. A competition notebook mounts the data read-only under its input folder, flat, wherever
+    the host puts it (and a bundle's own files in another); the spec stays as written."""
+
+    def __init__(self, folders):
+        self.folders = [Path(folder) for folder in folders]
+
+    def __truediv__(self, file):
+        found = [folder / Path(file).name for folder in self.folders if (folder / Path(file).name).exists()]
+        return found[0] if found else self.folders[0] / Path(file).name
+
+
+def data_base(path):
+    """The folder a spec's file keys are relative to: the spec's own, or KIT_DATA_DIR (DataFolder)."""
+    folders = [f for f in os.environ.get(DATA_DIR_ENV, "").split(os.pathsep) if f]
+    if not folders:
+        return Path(path).parent
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise KitError(f"{DATA_DIR_ENV}: {folder!r} is not a folder (it names where the spec's data files are)")
+    return DataFolder(folders)
+
+
 def load_spec(path=DEFAULT_SPEC):
     path = Path(path)
     if not path.is_file():
         raise KitError(f"spec file not found: {path}")
     raw = read_toml(path)
-    base = path.parent
+    base = data_base(path)
     _check_keys(raw, TOP_KEYS, f"{path}")
     columns, task, submission = (_table(raw, key, f"{path}") for key in ("columns", "task", "submission"))
     splits, answers = (_table(raw, key, f"{path}") for key in ("splits", "answers"))

@@ -179,7 +179,7 @@ class Estimator:
     def _write_model_file(self, directory, **extra):
         state = {"kind": self.kind, "model_id": self.model_id, "task": asdict(self.task),
                  "task_type": type(self.task).__name__,
-                 "args": asdict(self.args), "train_args": asdict(self.train_args), **extra}
+                 "args": asdict(self.args), "train_args": {**asdict(self.train_args), "deadline": None}, **extra}
         (Path(directory) / MODEL_FILE).write_text(json.dumps(state, indent=2))
 
     @staticmethod

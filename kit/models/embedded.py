@@ -42,6 +42,9 @@ def _find_in_site(relative):
     return None
 
 
+MODEL_DIRS_ENV = "KIT_MODEL_DIRS"
+
+
 def cache_dir():
     return Path(os.environ.get("KIT_CACHE", Path.home() / ".cache" / "kit"))
 
@@ -102,7 +105,7 @@ def resolve_model(name):
         return str(target)
     if name == EMBEDDED_ENCODER:
         return str(embedded_encoder_dir())
-    path = Path(name).expanduser()
+    path = _moved(Path(name).expanduser())
     if path.exists():
         if not (path / "config.json").exists():
             raise KitError(f"model directory {path} has no config.json")
@@ -112,6 +115,21 @@ def resolve_model(name):
         return name  # a hub id: from_pretrained fetches it when the user has network
     raise KitError(f"--model {name!r}: not an embedded model ({EMBEDDED_LLM}, {EMBEDDED_ENCODER}), "
                    "a local directory or a hub id")
+
+
+def _moved(path):
+    """A base model directory that is not where the run recorded it, found in KIT_MODEL_DIRS (folders
+    separated by os.pathsep) by its folder name: a competition notebook mounts an uploaded model at
+    /kaggle/input/<dataset>/, not where it was trained. A folder of that list is itself the model when
+    its name is the model's. Found this way, it is trusted to hold the run's base weights (hashing a
+    7B model's files at every prediction would cost minutes): upload the same folder you trained on."""
+    if path.exists() or not os.environ.get(MODEL_DIRS_ENV):
+        return path
+    for folder in map(Path, os.environ[MODEL_DIRS_ENV].split(os.pathsep)):
+        for candidate in (folder / path.name, folder):
+            if candidate.name == path.name and (candidate / "config.json").is_file():
+                return candidate
+    return path
 
 
 def _refuse_pickled_weights(directory):

@@ -2,6 +2,7 @@
 head, fine-tuned with LoRA (or fully when lora_r == 0)."""
 
 import contextlib
+import importlib.util
 import pickle
 import warnings
 from dataclasses import replace
@@ -120,9 +121,29 @@ class TransformerModel(Estimator):
                 self.args = replace(self.args, attention="eager")
                 lines = [line.replace("sdpa attention", "eager attention (no SDPA path for this architecture)")
                          for line in lines]
+        quantize = self._quantize_to_fit(cuda)
+        if quantize:
+            self.args = replace(self.args, quantize=quantize)
+            lines.append(quantize)
         if lines:
             log(f"plan ({cuda['name'] if cuda else 'cpu'}): " + "; ".join(lines))
         return self.args
+
+    def _quantize_to_fit(self, cuda):
+        """On a GPU the estimate says the unquantized model would not fit (a 7B model on a 16 GB T4):
+        4-bit base weights (QLoRA) when bitsandbytes is there, said as the plan's reason; None
+        otherwise (check_memory then refuses in one line, naming what to change)."""
+        if cuda is None or self.args.quantize or importlib.util.find_spec("bitsandbytes") is None:
+            return None
+        self._prepare_text()
+        shape = self._shape() if self.decoder else None     # encoders are small, and have no causal-LM shape
+        if shape is None:
+            return None
+        parts = estimate_peak(shape, self.args, self.train_args.batch_size, self.task.max_length, True)
+        if sum(parts.values()) <= 0.95 * cuda["total_bytes"]:
+            return None
+        return (f"4bit base weights (QLoRA): unquantized, the estimated peak {sum(parts.values()) / 2**30:.1f} GB "
+                f"would not fit the {cuda['total_bytes'] / 2**30:.1f} GB of {cuda['name']}")
 
     def _shape(self):
         """The model's parameter counts (built once, on the meta device)."""

@@ -33,7 +33,7 @@ RUNS = Path("runs")
 CONFIG = "run.json"
 # a run name is one folder name under runs/: no separator, nothing hidden, nothing that climbs out
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-NOT_KEYED_TRAIN = ("checkpoint_every", "frozen_cache_gb", "state_cache")   # how often to save / how fast, never what is learned
+NOT_KEYED_TRAIN = ("checkpoint_every", "frozen_cache_gb", "state_cache", "deadline")   # how often to save / how fast, never what is learned
 
 
 def kit_identity():
@@ -89,7 +89,7 @@ def effective_config(spec, model_args, train_args):
     key = fingerprint(spec.fingerprint(), model, train, base["fingerprint"], data["fingerprint"], *extra)
     return {"key": key, "spec": {"path": str(Path(spec.path).resolve()), "name": spec.name,
                                  "fingerprint": spec.fingerprint(), "resolved": spec.describe()},
-            "model": asdict(model_args), "train": asdict(train_args), "base_model": base, "data": data,
+            "model": asdict(model_args), "train": {k: v for k, v in asdict(train_args).items() if k != "deadline"}, "base_model": base, "data": data,
             "kit": kit_identity(), "versions": library_versions(), "device": device_name(),
             "world_size": dist.world_size(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

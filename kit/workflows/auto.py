@@ -21,7 +21,6 @@ never decides.
 """
 import json
 import math
-import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer
 
+from kit.core.budget import parse_duration
 from kit.core.errors import KitError
 from kit.core.files import write_json, write_text
 from kit.core.logs import log
@@ -54,16 +54,11 @@ GPU_SPEEDUP = 40           # a guess for a first GPU run (no GPU was lent here);
 PROMPT_TOKENS = 35         # the instruction and chat template around each row of the LLM road
 SMOLLM2_PARAMETERS = 135e6
 SHORT_TEXTS = 128          # tokens at the 90th percentile: above it, the long-text recipe
-BUDGET = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*")
 
 
 def parse_budget(text):
-    """'90m', '2h', '45s' or a number of minutes -> seconds."""
-    match = BUDGET.fullmatch(str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise KitError(f"--budget {text!r}: give a time such as 30m, 2h or 90s")
-    unit = {"s": 1, "m": 60, "min": 60, "h": 3600, None: 60}[match.group(2)]
-    return float(match.group(1)) * unit
+    """kit auto's --budget as seconds."""
+    return parse_duration(text, "--budget")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from kit.core import dist
 from kit.core.errors import KitError, WriteError
 from kit.core.files import write_json, writing
 from kit.core.logs import log
+from kit.engine.loop import total_steps
 from kit.inputs.data import extra_rows, join_rows
 from kit.models.registry import make_model
 from kit.runs.folder import RUNS, open_run
@@ -38,6 +39,8 @@ def fit_timed(model, rows, encoded=None, checkpoint=None, resume=False, checkpoi
              "train_rows_per_s": round(seen / seconds, 2) if seconds and seen else None,
              "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None}
     stats.update(model.train_stats)
+    if targs.deadline is not None and losses and len(losses) < total_steps(len(rows), targs):
+        stats["stopped_by_time_budget"] = {"steps": len(losses), "planned": total_steps(len(rows), targs)}
     return stats
 
 

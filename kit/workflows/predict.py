@@ -3,13 +3,14 @@ submission; the run's model, its fold ensemble or its merged folds."""
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kit.core import dist
+from kit.core.budget import Deadline
 from kit.core.errors import KitError
 from kit.core.files import atomic_write, write_json
 from kit.core.hashing import fingerprint
@@ -23,11 +24,22 @@ from kit.tasks.columns import predicted_columns
 
 SUBMISSION = Path("submissions") / "submit.csv"
 PREDICT_CHUNK = int(os.environ.get("KIT_PREDICT_CHUNK", 256))   # rows per resumable unit of prediction
+BUDGET_CHUNK = 64            # under a time budget: smaller chunks measure the rate sooner and waste less
+FALLBACK_RESERVE, FALLBACK_RESERVE_S = 0.05, 10.0   # of the budget kept for the fallback: 5 %, at least 10 s
 
 
 def predict_resumable(model, rows, mode, progress_file=None, chunk=None, progress_mode=None):
     """Predict in chunks, saving each finished chunk, so a killed run resumes where it stopped. A
     model that needs the whole split at once (an extractor's TF-IDF weights) runs in one chunk."""
+    done, chunk = _predict_chunks(model, rows, mode, progress_file, chunk, progress_mode)
+    kind = model.prediction_type
+    return kind.join([kind.from_record(done[str(s)]) for s in range(0, len(rows), chunk)])
+
+
+def _predict_chunks(model, rows, mode, progress_file, chunk, progress_mode, deadline=None, reserve=0.0):
+    """({chunk start: record} of the finished chunks, the chunk size). With a deadline, a chunk is
+    begun only while the rate measured on this call's chunks says it ends reserve seconds before
+    the deadline: the rows left are the caller's (a time budget's fallback)."""
     chunk = max(1, len(rows)) if model.whole_split else chunk or PREDICT_CHUNK
     # the model's id (new at every fit), the rows, the mode and the chunking: progress made
     # under anything else is never reused
@@ -35,10 +47,16 @@ def predict_resumable(model, rows, mode, progress_file=None, chunk=None, progres
     done = _read_progress(progress_file, key)
     if done:
         log(f"predict: resuming, {len(done)} finished chunk(s) of {chunk} rows reused")
+    started, predicted = time.monotonic(), 0
     for start in range(0, len(rows), chunk):
         if str(start) in done:
             continue
-        part = model.predict(rows.subset(range(start, min(start + chunk, len(rows)))), mode)
+        size = min(chunk, len(rows) - start)
+        if deadline is not None and not _ends_in_time(size, predicted, time.monotonic() - started,
+                                                      deadline.left() - reserve):
+            break
+        part = model.predict(rows.subset(range(start, start + size)), mode)
+        predicted += size
         done[str(start)] = part.to_record()
         if progress_file:
             try:
@@ -46,8 +64,49 @@ def predict_resumable(model, rows, mode, progress_file=None, chunk=None, progres
             except OSError as error:      # a WriteError: one line, and the prediction goes on
                 log(f"warning: {error}; predicting on without resumable progress")
                 progress_file = None
+    return done, chunk
+
+
+def _ends_in_time(size, predicted, seconds, left):
+    """Whether a chunk of size rows ends within left seconds at the rate of the rows predicted so far
+    (the first chunk is begun whenever any time is left: it measures the rate)."""
+    if left <= 0:
+        return False
+    return predicted == 0 or size * seconds / predicted <= left
+
+
+def predict_in_time(model, rows, mode, progress_file, progress_mode, deadline, fallback):
+    """The main model's chunks while they end in time, then the rows left by fallback (a faster run's
+    model, in score mode), each marked per row. Returns (Prediction in the rows' order, figures)."""
+    reserve = max(FALLBACK_RESERVE_S, FALLBACK_RESERVE * deadline.seconds)
+    done, chunk = _predict_chunks(model, rows, mode, progress_file, BUDGET_CHUNK, progress_mode, deadline, reserve)
     kind = model.prediction_type
-    return kind.join([kind.from_record(done[str(s)]) for s in range(0, len(rows), chunk)])
+    starts = sorted(int(s) for s in done)
+    main = [i for s in starts for i in range(s, min(s + chunk, len(rows)))]
+    parts = [kind.from_record(done[str(s)]) for s in starts]
+    rest = sorted(set(range(len(rows))) - set(main))
+    figures = {"time_budget_s": deadline.seconds, "main_rows": len(main), "fallback_rows": len(rest),
+               "fallback_run": fallback.name}
+    if rest:
+        log(f"predict: the time budget leaves {len(rest)} of {len(rows)} rows to the fallback run {fallback.name} "
+            f"({_minutes(deadline.left())} left of {_minutes(deadline.seconds)})")
+        quick = fallback.model.predict(rows.subset(rest), "score")
+        parts.append(_marked(quick, parts[0] if parts else None, f"fallback run {fallback.name} (time budget)"))
+    joined = kind.join(parts)
+    return joined.take(np.argsort(main + rest)), figures
+
+
+def _marked(prediction, like, how):
+    """The fallback's prediction with every row marked how it was decided, and the per-row fields
+    the main model's chunks have (generate mode's answers) filled, so the two join."""
+    n = len(prediction.decided)
+    return replace(prediction, decided=[how] * n,
+                   answers=None if like is None or like.answers is None else [""] * n,
+                   parsed=None if like is None or like.parsed is None else np.full(n, -1))
+
+
+def _minutes(seconds):
+    return f"{max(seconds, 0) / 60:.1f} min"
 
 
 def _predict_rows(model, rows, mode, progress_file, progress_mode=None):
@@ -117,12 +176,22 @@ def _refuse_stale_fold_models(run, folds):
                            "last one; re-run `python -m kit cv --keep-models` with the folds you want")
 
 
+@dataclass
+class Fallback:
+    """Under a time budget: the run that decides the label's rows the main model has no time for."""
+    name: str
+    model: object
+
+
 def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS,
-                  allow_spec_change=False, trust_remote_code=False, models="auto", target_runs=None):
+                  allow_spec_change=False, trust_remote_code=False, models="auto", target_runs=None,
+                  time_budget=None, fallback=None):
     """`kit predict`: every predicted column of the spec (the label, then each [targets] column)
     for a split, then a validated submission written atomically. run names the label's run,
-    target_runs {column: run} the others'. Returns (submission path, [ColumnResult]); None on
-    ranks other than 0."""
+    target_runs {column: run} the others'. With time_budget (seconds, from now) the label's rows
+    the run has no time for are decided by the fallback run. Returns (submission path,
+    [ColumnResult]); None on ranks other than 0."""
+    deadline = Deadline(time_budget) if time_budget else None
     columns = predicted_columns(spec)
     rows = columns_rows(columns, split)        # input errors first: they need no trained run
     submit.check_destination(out, spec, runs)  # and a submission that could not be written, or would replace an input
@@ -131,10 +200,11 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     found = [(column, find_run(column, names[column.column], allow_spec_change, runs)) for column in columns]
     for column, column_run in found:
         _check_run_outputs(column_run, split, column.progress_mode(mode))
+    budget = _budget(columns[0], deadline, fallback, allow_spec_change, runs, trust_remote_code)
     results = []
     for column, column_run in found:
         result = predict_column(column, column_run, split, rows[column][0], mode, threshold, models,
-                                trust_remote_code)
+                                trust_remote_code, budget if column is columns[0] else None)
         if result is None:       # another rank: rank 0 gathered its rows and writes
             return None
         results.append(result)
@@ -202,7 +272,26 @@ def columns_rows(columns, split):
     return out
 
 
-def predict_column(column, run, split, rows, mode="score", threshold=None, models="auto", trust_remote_code=False):
+def _budget(column, deadline, fallback, allow_spec_change, runs, trust_remote_code):
+    """(deadline, Fallback) for the label's column under a time budget, loaded before any prediction
+    so that its errors come first; None without a budget."""
+    if deadline is None:
+        if fallback is not None:
+            raise KitError("--fallback decides the rows a --time-budget leaves; give --time-budget too")
+        return None
+    if fallback is None:
+        raise KitError("--time-budget needs --fallback RUN: a fast run of this spec (e.g. `kit train --model tfidf "
+                       "--name fast`) decides the rows the main run has no time for")
+    if dist.active():
+        raise KitError("--time-budget runs in one process; start kit predict without torchrun")
+    if column.target is not None:
+        raise KitError(f"--time-budget falls back on the label's rows; {column} is not the label")
+    run = find_run(column, fallback, allow_spec_change, runs)
+    return deadline, Fallback(run.name, load_predictor(run, "auto", trust_remote_code)[0])
+
+
+def predict_column(column, run, split, rows, mode="score", threshold=None, models="auto", trust_remote_code=False,
+                   budget=None):
     """A column's predictions for a split's rows (ColumnResult); None on ranks other than 0."""
     cut = column.threshold(threshold, run.cv_scores, run.key) if run else None
     if run is None:
@@ -217,7 +306,10 @@ def predict_column(column, run, split, rows, mode="score", threshold=None, model
     keep = run is not None and _run_writable(run, split)
     progress = run.predict_progress(split, progress_mode) if keep else None
     start = time.time()
-    prediction = _predict_rows(model, rows, mode, progress, progress_mode)
+    if budget is None:
+        prediction, figures = _predict_rows(model, rows, mode, progress, progress_mode), {}
+    else:
+        prediction, figures = predict_in_time(model, rows, mode, progress, progress_mode, *budget)
     seconds = time.time() - start
     if prediction is None:
         return None
@@ -226,7 +318,7 @@ def predict_column(column, run, split, rows, mode="score", threshold=None, model
              "seconds": round(seconds, 1), "rows_per_s": round(len(rows) / seconds, 2) if seconds else None,
              "model_id": model.model_id, "models": used,
              "decided": {k: int(v) for k, v in pd.Series(prediction.decided).value_counts().items()},
-             **extra, **prediction.stats}
+             **extra, **prediction.stats, **figures}
     return ColumnResult(column, run, values, table, stats, column.promised(rows), progress, keep)
 
 

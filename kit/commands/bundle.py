@@ -1,0 +1,56 @@
+"""`kit bundle`: the folder to upload for an offline competition notebook (kit/outputs/bundle.py)."""
+from pathlib import Path
+
+import click
+
+from kit.commands.options import RUN_NAMES, RUNS_DIR, friendly, open_spec, say, spec_option
+from kit.core.errors import KitError
+from kit.outputs.bundle import bundle
+from kit.tasks.columns import label_column, predicted_columns
+from kit.workflows.predict import find_run
+
+
+@click.command("bundle")
+@spec_option
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The bundle folder to write.")
+@click.option("--models", type=click.Choice(["auto", "full", "folds", "merged"]), default="auto", show_default=True,
+              help="What the bundle predicts with (as kit predict --models).")
+@click.option("--threshold", default=None, help="As kit predict --threshold (binary tasks: a number or 'oof').")
+@click.option("--target-run", "target_runs", multiple=True, metavar="COLUMN=RUN",
+              help="The run of a [targets] column (default: its latest trained run). Repeatable.")
+@click.option("--fallback", default=None,
+              help="A fast run of this spec shipped too: run.py --time-budget decides the rows left with it.")
+@click.option("--image", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A `pip freeze` of the notebook's image: only what it lacks is shipped as wheels "
+                   "[default: the image has torch and nothing else the kit needs].")
+@click.option("--python", "python", default=None, metavar="X.Y",
+              help="The image's Python, for its compiled wheels [default: this machine's].")
+@click.option("--force", is_flag=True, help="Replace an earlier bundle at --out (never a folder of other files).")
+@RUN_NAMES
+@RUNS_DIR
+@friendly
+def bundle_command(spec_path, out, models, threshold, target_runs, fallback, image, python, force, run_options,
+                   runs_dir):
+    """Write the folder to upload for an offline competition notebook: the kit and its missing wheels, runs, spec, run.py."""
+    spec = open_spec(spec_path)
+    runs = Path(runs_dir)
+    if len(run_options) > 1:
+        raise KitError("kit bundle predicts with one run of the label (--run); blend first, then bundle the "
+                       "members' runs one by one")
+    pairs = dict(pair.partition("=")[::2] for pair in target_runs)
+    chosen, predict_args = [], ["--models", models] + (["--threshold", threshold] if threshold else [])
+    for column in predicted_columns(spec):
+        name = pairs.get(column.target) if column.target else (run_options[0] if run_options else None)
+        run = find_run(column, name, runs=runs)
+        if run is None:
+            continue                    # an extractor with nothing to train: rebuilt in the notebook
+        chosen.append(run)
+        predict_args += ["--target-run", f"{column.target}={run.name}"] if column.target else ["--run-name", run.name]
+    if fallback is not None:
+        chosen.append(find_run(label_column(spec), fallback, runs=runs))
+    manifest = bundle(spec, chosen, out, image, python, predict_args,
+                      chosen[-1].name if fallback is not None else None, force)
+    say(f"bundle {out}: {len(manifest['wheels'])} wheels, runs {', '.join(manifest['runs'])}; "
+        f"{manifest['bytes'] / 2 ** 20:.1f} MiB")
+    say(f"upload it as a dataset; in the notebook: python /kaggle/input/{Path(out).name}/run.py --data "
+        "/kaggle/input/COMPETITION --out /kaggle/working/submission.csv --work /kaggle/working")

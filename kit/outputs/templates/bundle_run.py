@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Write the competition's submission from this kit bundle, offline.
+
+    python run.py --data /kaggle/input/COMPETITION [--out /kaggle/working/submission.csv]
+                  [--models-dir /kaggle/input/MODEL] [--time-budget 8h --fallback RUN]
+
+1. installs the bundle's wheels with the package index off (pip install --no-index --no-deps: the
+   image's own torch and libraries stay as they are);
+2. copies the runs into the working folder (the input folder is read-only);
+3. runs `kit predict` with the options the bundle was made with, reading the spec's data files from
+   --data by their names (KIT_DATA_DIR) and a moved base model from --models-dir (KIT_MODEL_DIRS);
+4. prints what was written and how long each stage took, against the budget when one is given.
+"""
+import argparse
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def offline_pip_env():
+    """pip with the package index off and the machine's own pip configuration ignored."""
+    return dict(os.environ, PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+
+def install():
+    wheels = sorted(str(p) for p in (HERE / "wheels").glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", *wheels],
+                   env=offline_pip_env(), check=True)
+    importlib.invalidate_caches()
+
+
+def gpu_count():
+    """The GPUs the image's torch sees (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def copy_runs(manifest, runs):
+    for name in manifest["runs"]:
+        if not (runs / name).is_dir():
+            shutil.copytree(HERE / "runs" / name, runs / name)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="the folder of the competition's files (train.csv, test.csv)")
+    parser.add_argument("--out", default="submission.csv", help="the submission to write")
+    parser.add_argument("--work", default=".", help="a writable folder for the runs' copies and caches")
+    parser.add_argument("--models-dir", default="", help="an uploaded base model's folder, or the folder holding it")
+    parser.add_argument("--split", default="test", help="the spec's split to predict")
+    parser.add_argument("--time-budget", default=None, help="for the whole script: 8h, 30m (see kit predict --help)")
+    parser.add_argument("--fallback", default=None, help="with --time-budget: a run of the bundle for the rows left")
+    parser.add_argument("--no-install", action="store_true", help="the bundle's wheels are installed already")
+    args = parser.parse_args()
+    started = time.monotonic()
+    manifest = json.loads((HERE / "kit_bundle.json").read_text())
+    stages = []
+    if not args.no_install:
+        install()
+    stages.append(("install", time.monotonic() - started))
+    work = Path(args.work).resolve()
+    runs = work / "runs"
+    copy_runs(manifest, runs)
+    stages.append(("copy runs", time.monotonic() - started - sum(s for _, s in stages)))
+    folders = [args.data] + ([str(HERE / "data")] if (HERE / "data").is_dir() else [])
+    env = dict(os.environ, KIT_DATA_DIR=os.pathsep.join(folders), TQDM_DISABLE="1")
+    if args.models_dir:
+        env["KIT_MODEL_DIRS"] = args.models_dir
+    out = Path(args.out).resolve()
+    launch = [sys.executable, "-m", "kit"]
+    gpus = gpu_count()
+    if gpus > 1 and not args.time_budget:     # one predicting process per GPU (kit predict shards the rows)
+        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "kit"]
+    command = [*launch, "predict", "--spec", str(HERE / manifest["spec"]), "--split", args.split,
+               "--out", str(out), "--runs-dir", str(runs), *manifest["predict"]]
+    budget = None
+    if args.time_budget:
+        from kit.core.budget import parse_duration  # installed above
+        budget = parse_duration(args.time_budget)
+        left = max(1.0, budget - (time.monotonic() - started))
+        fallback = args.fallback or manifest.get("fallback")
+        if fallback is None:
+            sys.exit("error: --time-budget needs --fallback RUN (one of the bundle's runs: "
+                     f"{', '.join(manifest['runs'])}), or a bundle made with kit bundle --fallback")
+        command += ["--time-budget", f"{left:.0f}s", "--fallback", fallback]
+    print("bundle: " + " ".join(command[1:]), flush=True)
+    subprocess.run(command, env=env, cwd=work, check=True)
+    stages.append(("predict", time.monotonic() - started - sum(s for _, s in stages)))
+    report(manifest, runs, args.split, out, stages, budget)
+
+
+def report(manifest, runs, split, out, stages, budget):
+    """What was written, each stage's time (against the budget), the rows a fallback decided."""
+    rows = sum(1 for _ in out.open(encoding="utf-8")) - 1
+    print(f"bundle: wrote {out} ({rows} rows)")
+    for name, seconds in stages:
+        print(f"  {name:<10} {seconds:8.1f} s")
+    total = sum(s for _, s in stages)
+    print(f"  {'total':<10} {total:8.1f} s" + (f" of a {budget:.0f} s budget" if budget else ""))
+    stats = runs / manifest["runs"][0] / f"predict-{split}.json"
+    if stats.is_file():
+        figures = json.loads(stats.read_text())
+        print(f"  rows decided by a fallback run: {figures.get('fallback_rows', 0)}")
+
+
+if __name__ == "__main__":
+    main()
