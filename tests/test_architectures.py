@@ -56,7 +56,9 @@ def test_heads_train_save_and_reload_identically(tiny_arch, toy, tmp_path, famil
     np.testing.assert_allclose(before.probs.sum(1), 1, rtol=1e-6)
     model.save(tmp_path / "saved")
     after = load_model(tmp_path / "saved").predict(test)
-    np.testing.assert_array_equal(before.probs, after.probs)
+    # equal up to float32 rounding: under the lowest supported transformers (5.0) Gemma-2's reloaded
+    # model differs from the trained one in the last bit of a few probabilities (3e-8)
+    np.testing.assert_allclose(before.probs, after.probs, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ARCH_FAMILIES)

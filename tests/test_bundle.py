@@ -64,6 +64,7 @@ def test_the_bundle_installs_offline_and_writes_the_submission_from_anywhere(tmp
     said = ok("bundle", "--spec", spec, "--run", "fast", "--target-run", "Keywords=keywords", "--threshold", "0.5",
               "--image", image, "--out", "upload")
     assert "bundle upload: 3 wheels, runs fast, keywords" in said
+    assert not (ROOT / "build").exists() and not (ROOT / "competition_kit.egg-info").exists()   # checkout untouched
     manifest = json.loads((tmp_path / "upload" / "kit_bundle.json").read_text())
     names = sorted(w.split("-")[0].lower() for w in manifest["wheels"])
     assert names == ["click", "competition_kit", "tqdm"]            # the kit and what the image lacks, no more

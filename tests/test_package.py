@@ -1,6 +1,6 @@
-"""The package: pyproject.toml's pins equal requirements.txt's, `kit --version`, the wheel's
-contents, and the one-line error of a verb whose optional extra is not installed."""
-import re
+"""The package: requirements.txt's pins and the lowest tested versions inside pyproject.toml's
+ranges, `kit --version`, the wheel's contents, and the one-line error of a verb whose optional extra
+is not installed."""
 import subprocess
 import sys
 import tomllib
@@ -8,6 +8,8 @@ import zipfile
 from pathlib import Path
 
 from click.testing import CliRunner
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import kit
 from kit.commands import main as main_module
@@ -16,23 +18,33 @@ from kit.commands.main import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _pins(lines):
-    """{name: the version constraint} of requirement strings (comments and markers dropped)."""
-    out = {}
-    for line in lines:
-        line = line.split("#")[0].strip()
-        if line:
-            name, constraint = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", line).groups()
-            out[name.lower()] = constraint.replace(" ", "")
-    return out
-
-
-def test_pyproject_pins_are_the_requirements_pins():
+def _project_requirements():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     listed = list(project["dependencies"])
     for extra, requirements in project["optional-dependencies"].items():
         listed += [r for r in requirements if not r.startswith("competition-kit")]
-    assert _pins(listed) == _pins((ROOT / "requirements.txt").read_text().splitlines())
+    return {canonicalize_name(r.name): r.specifier for r in map(Requirement, listed)}
+
+
+def _pinned(path):
+    """{name: version} of a requirements file's == pins."""
+    return {canonicalize_name(r.name): next(iter(r.specifier)).version
+            for r in map(Requirement, _pins_lines(path)) if str(r.specifier).startswith("==")}
+
+
+def _pins_lines(path):
+    return [line.split("#")[0].strip() for line in (ROOT / path).read_text().splitlines() if line.split("#")[0].strip()]
+
+
+def test_every_pin_and_every_lowest_version_is_inside_the_packages_range():
+    ranges = _project_requirements()
+    pinned, lowest = _pinned("requirements.txt"), _pinned("requirements-lowest.txt")
+    assert set(ranges) == {canonicalize_name(Requirement(line).name) for line in _pins_lines("requirements.txt")}
+    for name, version in pinned.items():
+        assert ranges[name].contains(version), f"{name}=={version} is outside pyproject's {ranges[name]}"
+    for name, version in lowest.items():          # the lowest tested version is the range's lower bound
+        assert ranges[name].contains(version) and f">={version}" in str(ranges[name]).split(","), name
+        assert pinned[name] != version            # and another version than the newest tested
 
 
 def test_version_is_printed_by_kit_version():

@@ -2,6 +2,8 @@
 with a scaler, sdpa attention, and 4-bit base weights where the memory estimate says the model would
 not fit. No GPU here: the device is described to the kit, and the 7B model is a config alone (its
 shape is built on the meta device; no weight is read)."""
+import logging
+
 import pytest
 from transformers import AutoTokenizer, LlamaConfig
 
@@ -34,6 +36,7 @@ def plan(model):
 
 
 def test_a_7b_model_on_a_t4_gets_fp16_sdpa_and_4bit_weights(on_a_t4, llama_7b_config, caplog):
+    caplog.set_level(logging.INFO, logger="kit")
     args = plan(llama_7b_config).resolve_args()
     assert (args.precision, args.attention, args.lora_layers) == ("fp16", "sdpa", 0)
     assert args.quantize == "4bit" and args.gradient_checkpointing is True

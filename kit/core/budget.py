@@ -22,7 +22,7 @@ class Deadline:
     """A budget of seconds from the moment it is made (a monotonic clock: a wall-clock change in a
     notebook does not move it)."""
     seconds: float
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=lambda: time.monotonic())
 
     def spent(self):
         return time.monotonic() - self.started

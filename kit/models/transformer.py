@@ -121,18 +121,18 @@ class TransformerModel(Estimator):
                 self.args = replace(self.args, attention="eager")
                 lines = [line.replace("sdpa attention", "eager attention (no SDPA path for this architecture)")
                          for line in lines]
-        quantize = self._quantize_to_fit(cuda)
-        if quantize:
-            self.args = replace(self.args, quantize=quantize)
-            lines.append(quantize)
+        why = self._quantize_to_fit(cuda)
+        if why:
+            self.args = replace(self.args, quantize="4bit")
+            lines.append(why)
         if lines:
             log(f"plan ({cuda['name'] if cuda else 'cpu'}): " + "; ".join(lines))
         return self.args
 
     def _quantize_to_fit(self, cuda):
-        """On a GPU the estimate says the unquantized model would not fit (a 7B model on a 16 GB T4):
-        4-bit base weights (QLoRA) when bitsandbytes is there, said as the plan's reason; None
-        otherwise (check_memory then refuses in one line, naming what to change)."""
+        """Why 4-bit base weights (QLoRA), when on a GPU the estimate says the unquantized model would
+        not fit (a 7B model on a 16 GB T4) and bitsandbytes is there; None otherwise (check_memory
+        then refuses in one line, naming what to change)."""
         if cuda is None or self.args.quantize or importlib.util.find_spec("bitsandbytes") is None:
             return None
         self._prepare_text()

@@ -19,6 +19,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -98,12 +99,18 @@ def _pip(*args):
 
 
 def kit_wheel(dest):
-    """The kit as a wheel, built from its source tree (an installed wheel has no tree to build from)."""
+    """The kit as a wheel, built from a copy of its source tree (the build's own folders stay out of
+    the user's checkout; an installed wheel has no tree to build from)."""
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise KitError(f"kit bundle builds the kit's wheel from its source tree; {root} has no pyproject.toml "
                        "(install the kit from its repository: pip install -e .)")
-    _pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(root))
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "source"
+        shutil.copytree(root / "kit", source / "kit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, source / name)
+        _pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(source))
     return next(Path(dest).glob("competition_kit-*.whl"))
 
 

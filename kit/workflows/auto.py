@@ -46,10 +46,12 @@ from kit.workflows.cv import cross_validate
 from kit.workflows.predict import SUBMISSION, predict_split
 
 RATES_FILE = "auto-rates.json"
-# seconds per token-epoch on the project's 2-core CPU, from the figures in the README: MiniLM 2 epochs
-# over 5 folds of 4,890 tweets (36 tokens) in 11.9 min and of 1,600 abstracts (152 at 160) in 16.6 min;
-# the default LLM over the same folds in 24.0 and 19.1 min (its prompt adds PROMPT_TOKENS per row)
-CPU_RATES = {"minilm": 5.1e-4, "llm": 5.0e-4}
+# seconds per token-epoch on the project's 2-core CPU, training and the held-out fold's prediction
+# together: MiniLM's from 2 folds of the disaster CV run alone (231 s each: 3,912 tweets of 36 tokens,
+# 2 epochs); the default LLM's from its 5-fold CVs in the README (24.0 min for 4,890 tweets, 19.1 for
+# 1,600 abstracts; its prompt adds PROMPT_TOKENS per row). Machines differ: runs/auto-rates.json keeps
+# what each finished road measured here, and that decides the next estimate.
+CPU_RATES = {"minilm": 8.2e-4, "llm": 5.0e-4}
 GPU_SPEEDUP = 40           # a guess for a first GPU run (no GPU was lent here); measured rates replace it
 PROMPT_TOKENS = 35         # the instruction and chat template around each row of the LLM road
 SMOLLM2_PARAMETERS = 135e6
