@@ -5,10 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli import ok, one_line_error
+from sklearn.metrics import f1_score
 
 from kit.core.errors import KitError
 from kit.core.settings import TrainArgs
-from kit.workflows.auto import RATES_FILE, Road, minilm_recipe, parse_budget, token_epochs
+from kit.evaluation.blending import nested_blend
+from kit.evaluation.metrics import tune_threshold
+from kit.inputs.spec import load_spec
+from kit.workflows.auto import RATES_FILE, Road, blend_name, minilm_recipe, parse_budget, token_epochs
 
 
 @pytest.mark.parametrize("text, seconds", [("30m", 1800), ("2h", 7200), ("90s", 90), ("1.5", 90), (" 10 min ", 600)])
@@ -32,6 +36,8 @@ def test_token_epochs_count_every_folds_fit():
     road = Road("minilm", "m", "", None, TrainArgs(epochs=2), max_length=128)
     assert token_epochs(road, lengths, 5, None) == pytest.approx(3 * 4 * 2 * (10 + 20 + 128) / 3)
     assert token_epochs(road, lengths, 5, 0.2) == pytest.approx(3 * 0.8 * 2 * (10 + 20 + 128) / 3)
+    tfidf = Road("tfidf", "t", "", None, TrainArgs(epochs=2), max_length=128)      # every token, once a fit
+    assert token_epochs(tfidf, lengths, 5, None) == pytest.approx(3 * 4 * (10 + 20 + 300) / 3)
     llm = Road("llm", "l", "", None, TrainArgs(epochs=1), max_length=64, scale=2.0)
     assert token_epochs(llm, lengths, 2, None) == pytest.approx(3 * 1 * 1 * (45 + 55 + 64) / 3 * 2.0)
 
@@ -69,6 +75,15 @@ def test_measured_rates_decide_and_the_blend_is_scored_nested(toy, tmp_path, mon
     for result in table["results"]:            # every road's figure: its threshold fitted without the fold
         scores = json.loads((tmp_path / "runs" / result["run"] / "cv_scores.json").read_text())
         assert result["fitted"] == scores["tuned_score"]
+        oof = pd.read_csv(tmp_path / "runs" / result["run"] / "oof.csv")
+        truth, fold = oof["true"].astype(str).map({"0": 0, "1": 1}).to_numpy(), oof["fold"].to_numpy()
+        probs = oof[["p_0", "p_1"]].to_numpy()
+        assert result["honest"] == pytest.approx(nested_blend("f1", truth, [probs], fold)["score"])
+        by_hand = np.zeros(len(truth), int)     # each fold at the threshold tuned on the other folds' rows
+        for number in range(3):
+            cut, _ = tune_threshold(truth[fold != number], probs[fold != number, 1], "f1")
+            by_hand[fold == number] = probs[fold == number, 1] >= cut
+        assert result["honest"] == pytest.approx(f1_score(truth, by_hand))
     best = max([*table["results"], blend], key=lambda r: r["honest"])
     assert table["best"] == best["run"]
     rates = json.loads((tmp_path / "runs" / RATES_FILE).read_text())
@@ -79,3 +94,8 @@ def test_auto_refusals_are_one_line(toy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert "--budget 'soon'" in one_line_error("auto", "--spec", toy, "--budget", "soon")
     assert "unknown split 'testC'" in one_line_error("auto", "--spec", toy, "--write", "testC")
+
+
+def test_each_set_of_roads_has_its_own_blend_folder(toy):
+    spec = load_spec(toy)
+    assert blend_name(spec, ["a", "b"]) == blend_name(spec, ["a", "b"]) != blend_name(spec, ["a", "b", "c"])

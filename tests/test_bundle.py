@@ -58,42 +58,54 @@ def test_the_bundle_installs_offline_and_writes_the_submission_from_anywhere(tmp
     shutil.copytree(ROOT / "data", competition, ignore=shutil.ignore_patterns("prepared", "*.py"))
     monkeypatch.chdir(tmp_path)
     spec = competition / "competition.toml"
-    ok("train", "--spec", spec, "--model", "tfidf", "--name", "fast")
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "main")
+    ok("train", "--spec", spec, "--model", "tfidf", "--name", "fast", "--seed", "1")
     ok("train", "--spec", spec, "--target", "Keywords", "--name", "keywords")
-    image = this_environment_freeze(tmp_path / "image.txt", without=LEFT_OUT)
-    said = ok("bundle", "--spec", spec, "--run", "fast", "--target-run", "Keywords=keywords", "--threshold", "0.5",
-              "--image", image, "--out", "upload")
-    assert "bundle upload: 3 wheels, runs fast, keywords" in said
-    assert not (ROOT / "build").exists() and not (ROOT / "competition_kit.egg-info").exists()   # checkout untouched
+    # the stand-in image has every library the kit needs, but not the kit: no wheel to download
+    image = this_environment_freeze(tmp_path / "image.txt", without=("competition-kit",))
+    before = sorted(p.name for p in ROOT.iterdir())
+    said = ok("bundle", "--spec", spec, "--run", "main", "--target-run", "Keywords=keywords", "--threshold", "0.5",
+              "--fallback", "fast", "--image", image, "--out", "upload")
+    assert "bundle upload: 1 wheels, runs main, keywords, fast" in said
+    assert sorted(p.name for p in ROOT.iterdir()) == before          # the wheel is built outside the checkout
     manifest = json.loads((tmp_path / "upload" / "kit_bundle.json").read_text())
-    names = sorted(w.split("-")[0].lower() for w in manifest["wheels"])
-    assert names == ["click", "competition_kit", "tqdm"]            # the kit and what the image lacks, no more
-    assert manifest["predict"] == ["--models", "auto", "--threshold", "0.5", "--run-name", "fast",
+    assert [w.split("-")[0] for w in manifest["wheels"]] == ["competition_kit"]
+    assert manifest["predict"] == ["--models", "auto", "--threshold", "0.5", "--run-name", "main",
                                    "--target-run", "Keywords=keywords"]
+    assert manifest["fallback"] == "fast" and manifest["one_process"] is True      # keywords: one process
     assert json.loads((tmp_path / "upload" / "notebook.ipynb").read_text())["cells"][0]["cell_type"] == "code"
     # the notebook: the bundle mounted read-only elsewhere, the data in its own folder, no package index
     mounted = tmp_path / "input" / "upload"
     shutil.copytree(tmp_path / "upload", mounted)
-    for path in mounted.rglob("*"):
+    for path in [*mounted.rglob("*"), mounted]:
         path.chmod(0o555 if path.is_dir() else 0o444)
-    mounted.chmod(0o555)
     python = fresh_environment(tmp_path / "image-env")
     working = tmp_path / "working"
     working.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "KIT_", "PYTHON"))}
-    result = subprocess.run([str(python), str(mounted / "run.py"), "--data", str(competition),
-                             "--out", str(working / "submission.csv"), "--work", str(working)],
-                            cwd=working, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "bundle: wrote" in result.stdout and "rows decided by a fallback run: 0" in result.stdout
+
+    def notebook(*extra):
+        result = subprocess.run([str(python), str(mounted / "run.py"), "--data", str(competition), "--out",
+                                 str(working / "submission.csv"), "--work", str(working), *extra],
+                                cwd=working, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    said = notebook()
+    assert "bundle: wrote" in said and "rows decided by a fallback run: 0" in said
     where = subprocess.run([str(python), "-c", "import kit; print(kit.__file__)"], capture_output=True, text=True)
     assert "image-env" in where.stdout                              # the kit from the bundle's wheel
     submission, sample = pd.read_csv(working / "submission.csv"), pd.read_csv(competition / "sample_submission.csv")
     assert list(submission.columns) == list(sample.columns) and submission["uuid"].tolist() == sample["uuid"].tolist()
     assert "valid for split test" in ok("check", "--spec", spec, "--submission", working / "submission.csv")
-    for path in mounted.rglob("*"):                                 # let pytest clean up
+    stats = json.loads((working / "runs" / "main" / "predict-test.json").read_text())
+    assert "fallback_rows" not in stats and stats["rows"] == len(sample)
+    # a budget spent before prediction starts: every row by the fallback, the submission still whole
+    said = notebook("--no-install", "--time-budget", "5s")
+    assert f"rows decided by a fallback run: {len(sample)}" in said
+    assert "valid for split test" in ok("check", "--spec", spec, "--submission", working / "submission.csv")
+    for path in [*mounted.rglob("*"), mounted]:                     # let pytest clean up
         path.chmod(0o755 if path.is_dir() else 0o644)
-    mounted.chmod(0o755)
 
 
 def test_bundle_refusals_are_one_line(tmp_path, monkeypatch, toy):

@@ -49,5 +49,14 @@ def test_a_small_model_on_a_t4_keeps_its_weights(on_a_t4, tiny_llama):
     assert args.quantize is None and args.precision == "fp16"
 
 
-def test_a_cpu_never_quantizes_on_its_own(llama_7b_config):
+def test_a_cpu_never_quantizes_on_its_own(llama_7b_config, monkeypatch):
+    monkeypatch.setattr(transformer, "cuda_info", lambda device="auto": None)
     assert plan(llama_7b_config).resolve_args().quantize is None
+
+
+def test_no_4bit_where_it_cannot_help(on_a_t4, llama_7b_config, monkeypatch):
+    full = make_model(Task("Answer 1 or 0.", ["0", "1"], 256), ModelArgs(model=llama_7b_config, lora_r=0),
+                      TrainArgs(batch_size=8))
+    assert full.resolve_args().quantize is None                     # a full fine-tune cannot train k-bit weights
+    monkeypatch.setattr(transformer, "cuda_info", lambda device="auto": {**T4, "total_bytes": 2 * 2 ** 30})
+    assert plan(llama_7b_config).resolve_args().quantize is None    # 4 bits do not fit 2 GB either

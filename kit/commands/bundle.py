@@ -46,10 +46,16 @@ def bundle_command(spec_path, out, models, threshold, target_runs, fallback, ima
             continue                    # an extractor with nothing to train: rebuilt in the notebook
         chosen.append(run)
         predict_args += ["--target-run", f"{column.target}={run.name}"] if column.target else ["--run-name", run.name]
+    column = label_column(spec) if spec.has_labels else None
+    if threshold is not None and column is not None:     # 'oof' without a CV is refused here, not in the notebook
+        column.threshold(threshold, chosen[0].cv_scores, chosen[0].key)
     if fallback is not None:
-        chosen.append(find_run(label_column(spec), fallback, runs=runs))
+        if column is None:
+            raise KitError("--fallback decides the label's rows; this spec has no label")
+        chosen.append(find_run(column, fallback, runs=runs))
+    one_process = any(c.one_process for c in predicted_columns(spec))
     manifest = bundle(spec, chosen, out, image, python, predict_args,
-                      chosen[-1].name if fallback is not None else None, force)
+                      chosen[-1].name if fallback is not None else None, one_process, force)
     say(f"bundle {out}: {len(manifest['wheels'])} wheels, runs {', '.join(manifest['runs'])}; "
         f"{manifest['bytes'] / 2 ** 20:.1f} MiB")
     say(f"upload it as a dataset; in the notebook: python /kaggle/input/{Path(out).name}/run.py --data "

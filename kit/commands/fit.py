@@ -26,15 +26,16 @@ from kit.core.budget import parse_duration
 from kit.core.errors import KitError
 from kit.core.files import write_json, write_text
 from kit.core.settings import TFIDF, ModelArgs
+from kit.inputs.submit import check_destination
 from kit.inputs.sweep import read_sweep, split_overrides
 from kit.outputs.report import write_report
-from kit.tasks.columns import column_of
+from kit.tasks.columns import column_of, predicted_columns
 from kit.workflows.auto import auto, parse_budget, write_choice
 from kit.workflows.blend import blend, format_blend
 from kit.workflows.cv import cross_validate
 from kit.workflows.fit import took, train_run
 from kit.workflows.levers import refuse_unless_supported, without_levers
-from kit.workflows.predict import SUBMISSION, predict_split
+from kit.workflows.predict import SUBMISSION, find_run, predict_split
 from kit.workflows.zero_shot import format_zero_shot, zero_shot
 
 
@@ -90,8 +91,9 @@ def train(spec_path, name, resume, time_budget, trust_remote_code, overwrite, ta
 @click.option("--target-run", "target_runs", multiple=True, metavar="COLUMN=RUN",
               help="The run that predicts a [targets] column (default: its latest trained run). Repeatable.")
 @click.option("--time-budget", default=None,
-              help="Time for the whole command (30m, 2h, 90s): the label's rows the run has no time for, by the rate "
-                   "measured on its first rows, are decided by --fallback, counted per row.")
+              help="Time for the label's prediction, from the command's start (30m, 2h, 90s): the rows the run has no "
+                   "time for, by the rate measured on its first rows, are decided by --fallback, counted per row. "
+                   "[targets] columns are predicted after it, without a limit.")
 @click.option("--fallback", default=None, help="With --time-budget: a fast run of this spec (TF-IDF, a smaller model).")
 @TRUST_REMOTE_CODE
 @RUNS_DIR
@@ -266,8 +268,12 @@ def blend_command(spec_path, runs, split, out, name, run_options, runs_dir):
 def auto_command(spec_path, budget, folds, holdout, fold_seed, models, split, out, trust_remote_code, runs_dir):
     """Try the roads under one budget on the same folds, score them honestly, and name what to upload."""
     spec = open_spec(spec_path)
-    if split is not None:
-        spec.split_path(split)                     # an unknown split is refused before any road runs
+    if split is not None:                          # what --write needs is checked before any road runs
+        spec.split_path(split)
+        check_destination(out, spec, Path(runs_dir))
+        for column in predicted_columns(spec):
+            if column.target is not None:
+                find_run(column, None, runs=Path(runs_dir))
     table, best = auto(spec, parse_budget(budget), folds, holdout, fold_seed, models, Path(runs_dir),
                        trust_remote_code)
     say(table)

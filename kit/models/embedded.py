@@ -114,21 +114,27 @@ def resolve_model(name):
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # a hub id: from_pretrained fetches it when the user has network
     raise KitError(f"--model {name!r}: not an embedded model ({EMBEDDED_LLM}, {EMBEDDED_ENCODER}), "
-                   "a local directory or a hub id")
+                   f"a local directory or a hub id (a base model moved since training: set {MODEL_DIRS_ENV} "
+                   "to the folder it is in now)")
 
 
 def _moved(path):
     """A base model directory that is not where the run recorded it, found in KIT_MODEL_DIRS (folders
-    separated by os.pathsep) by its folder name: a competition notebook mounts an uploaded model at
-    /kaggle/input/<dataset>/, not where it was trained. A folder of that list is itself the model when
-    its name is the model's. Found this way, it is trusted to hold the run's base weights (hashing a
-    7B model's files at every prediction would cost minutes): upload the same folder you trained on."""
+    separated by os.pathsep): a competition notebook mounts an uploaded model at /kaggle/input/<dataset>/,
+    not where it was trained, and lowercases the dataset's name. Tried in each folder: a child of the
+    model's folder name (case aside), then the folder itself when it holds a model (a config.json).
+    Found this way, it is trusted to hold the run's base weights (hashing a 7B model's files at every
+    prediction would cost minutes): upload the same folder you trained on."""
     if path.exists() or not os.environ.get(MODEL_DIRS_ENV):
         return path
     for folder in map(Path, os.environ[MODEL_DIRS_ENV].split(os.pathsep)):
-        for candidate in (folder / path.name, folder):
-            if candidate.name == path.name and (candidate / "config.json").is_file():
-                return candidate
+        if not folder.is_dir():
+            continue
+        children = [c for c in folder.iterdir() if c.name.lower() == path.name.lower() and (c / "config.json").is_file()]
+        if children:
+            return children[0]
+        if (folder / "config.json").is_file():
+            return folder
     return path
 
 

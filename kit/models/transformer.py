@@ -133,14 +133,18 @@ class TransformerModel(Estimator):
         """Why 4-bit base weights (QLoRA), when on a GPU the estimate says the unquantized model would
         not fit (a 7B model on a 16 GB T4) and bitsandbytes is there; None otherwise (check_memory
         then refuses in one line, naming what to change)."""
-        if cuda is None or self.args.quantize or importlib.util.find_spec("bitsandbytes") is None:
+        if (cuda is None or self.args.quantize or not self.args.lora_r     # a full fine-tune cannot train k-bit weights
+                or importlib.util.find_spec("bitsandbytes") is None):
             return None
         self._prepare_text()
         shape = self._shape() if self.decoder else None     # encoders are small, and have no causal-LM shape
         if shape is None:
             return None
         parts = estimate_peak(shape, self.args, self.train_args.batch_size, self.task.max_length, True)
-        if sum(parts.values()) <= 0.95 * cuda["total_bytes"]:
+        four_bit = estimate_peak(shape, replace(self.args, quantize="4bit"), self.train_args.batch_size,
+                                 self.task.max_length, True)
+        fits = 0.95 * cuda["total_bytes"]
+        if sum(parts.values()) <= fits or sum(four_bit.values()) > fits:   # no need, or no help: check_memory says
             return None
         return (f"4bit base weights (QLoRA): unquantized, the estimated peak {sum(parts.values()) / 2**30:.1f} GB "
                 f"would not fit the {cuda['total_bytes'] / 2**30:.1f} GB of {cuda['name']}")

