@@ -309,8 +309,8 @@ def test_cv_pseudo_labels_from_a_blend_come_from_each_folds_members(teacher, toy
     real_fit, real_weights = kit_cv.fit_timed, levers.fit_weights
     monkeypatch.setattr(kit_cv, "fit_timed",
                         lambda model, rows, *a, **k: seen.append(rows) or real_fit(model, rows, *a, **k))
-    monkeypatch.setattr(levers, "fit_weights", lambda metric, truth, probs: fitted.append(
-        (len(truth), real_weights(metric, truth, probs)[0])) or real_weights(metric, truth, probs))
+    monkeypatch.setattr(levers, "fit_weights", lambda metric, truth, probs, scale=None: fitted.append(
+        (len(truth), real_weights(metric, truth, probs, scale)[0])) or real_weights(metric, truth, probs, scale))
     _ok("cv", "--spec", toy, "--model", "tfidf", "--folds", 3, "--no-baseline", "--pseudo", "mix",
         "--pseudo-threshold", 0.5, "--name", "student")
     spec = load_spec(toy)

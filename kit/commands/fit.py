@@ -112,7 +112,7 @@ def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trus
     path, results = result
     for column_result in results:
         say(column_result.column.prediction_line(column_result.stats, column_result.predictions_file))
-        if "fallback_rows" in column_result.stats:
+        if "time_budget_s" in column_result.stats:
             say(_budget_line(column_result.stats, time.monotonic() - started))
     say(f"submission: {path}")
     label_runs = [r.run.directory for r in results if r.column.target is None]

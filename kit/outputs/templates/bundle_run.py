@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -35,6 +36,15 @@ def install():
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", *wheels],
                    env=offline_pip_env(), check=True)
     importlib.invalidate_caches()
+
+
+def seconds_of(text):
+    """--time-budget as kit reads it: 8h, 30m, 90s, or a number of minutes (the kit is not importable
+    before install() has run, so this script reads it itself)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        sys.exit(f"error: --time-budget {text!r}: give a time such as 8h, 30m or 90s")
+    return float(match.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600, None: 60}[match.group(2)]
 
 
 def gpu_count():
@@ -91,8 +101,7 @@ def main():
                "--out", str(out), "--runs-dir", str(runs), *manifest["predict"]]
     budget = None
     if args.time_budget:
-        from kit.core.budget import parse_duration  # installed above
-        budget = parse_duration(args.time_budget)
+        budget = seconds_of(args.time_budget)
         left = max(1.0, budget - (time.monotonic() - started))
         fallback = args.fallback or manifest.get("fallback")
         if fallback is None:
