@@ -22,7 +22,7 @@ from kit.commands.options import (
     spec_option,
     split_args,
 )
-from kit.core.budget import parse_duration
+from kit.core.budget import minutes, parse_duration
 from kit.core.errors import KitError
 from kit.core.files import write_json, write_text
 from kit.core.settings import TFIDF, ModelArgs
@@ -122,7 +122,7 @@ def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trus
 
 def _budget_line(stats, seconds):
     """What a time budget did: the rows each road decided, the time spent against the budget."""
-    return (f"time budget: {seconds / 60:.1f} of {stats['time_budget_s'] / 60:.1f} min spent; "
+    return (f"time budget: {minutes(seconds)} of {minutes(stats['time_budget_s'])} spent; "
             f"{stats['main_rows']} rows by the run, {stats['fallback_rows']} by the fallback run {stats['fallback_run']} "
             "(each row's road is in the predictions file's decided column)")
 

@@ -29,3 +29,8 @@ class Deadline:
 
     def left(self):
         return self.seconds - self.spent()
+
+
+def minutes(seconds):
+    """A duration as the budget lines print it: '12.3 min' (never negative: time past is 0 left)."""
+    return f"{max(seconds, 0) / 60:.1f} min"

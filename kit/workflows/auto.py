@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer
 
-from kit.core.budget import parse_duration
+from kit.core.budget import minutes, parse_duration
 from kit.core.errors import KitError
 from kit.core.files import write_json, write_text
 from kit.core.hashing import fingerprint
@@ -199,9 +199,9 @@ def run_roads(spec, budget, folds=5, holdout=None, seed=0, models=(), runs=RUNS,
         left = budget - (time.time() - started)
         if seconds > left and road.key != "tfidf":      # TF-IDF always runs: seconds, and the floor
             skipped.append({"road": road.title, "estimate": seconds, "left": max(left, 0.0), "rate": how})
-            log(f"auto: {road.title} does not fit: about {_minutes(seconds)} ({how}), {_minutes(max(left, 0))} left")
+            log(f"auto: {road.title} does not fit: about {minutes(seconds)} ({how}), {minutes(left)} left")
             continue
-        log(f"auto: {road.title} ({road.recipe}): about {_minutes(seconds)} ({how}), {_minutes(left)} left")
+        log(f"auto: {road.title} ({road.recipe}): about {minutes(seconds)} ({how}), {minutes(left)} left")
         scores = done or cross_validate(road_spec, road.model_args, road.train_args, folds, holdout, seed,
                                         runs=Path(runs), keep_models=True, trust_remote_code=trust_remote_code)
         spent = scores.get("train_seconds", 0) + scores.get("predict_seconds", 0)
@@ -286,24 +286,21 @@ def write_choice(spec, best, split, out=SUBMISSION, runs=RUNS):
 def _estimated(result):
     if result["rate"] == "finished before":
         return "finished before, reused"
-    return f"estimated {_minutes(result['estimate'])}, {result['rate']}"
+    return f"estimated {minutes(result['estimate'])}, {result['rate']}"
 
-
-def _minutes(seconds):
-    return f"{seconds / 60:.1f} min"
 
 
 def format_auto(spec, folds, holdout, budget, results, blended, skipped, best, noise=0.0, split="test", runs=RUNS):
     """The table, what did not fit, and what to upload."""
     metric = spec.metric
     how = f"--holdout {holdout}" if holdout else f"{folds} folds"
-    lines = [f"kit auto: {spec.name}, {metric} ({how}, the same folds for every road), budget {_minutes(budget)}", "",
+    lines = [f"kit auto: {spec.name}, {metric} ({how}, the same folds for every road), budget {minutes(budget)}", "",
              f"| road | recipe | honest {metric} | {metric} fitted on its own OOF rows | fold spread | time | run |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         spread = r["scores"].get("fold_std")
         lines.append(f"| {r['road']} | {r['recipe']} | **{r['honest']:.4f}** | {r['fitted']:.4f} | "
-                     f"{'-' if spread is None else f'± {spread:.4f}'} | {_minutes(r['seconds'])} "
+                     f"{'-' if spread is None else f'± {spread:.4f}'} | {minutes(r['seconds'])} "
                      f"({_estimated(r)}) | {r['run']} |")
     if blended and blended.get("honest") is not None:
         lines.append(f"| {blended['road']} | {blended['recipe']}, fitted without each fold | "
@@ -322,8 +319,8 @@ def format_auto(spec, folds, holdout, budget, results, blended, skipped, best, n
         lines.append("blend: not recommended under --holdout (its weights would be fitted on the rows that score "
                      "them); use --folds for a nested blend score")
     for s in skipped:
-        lines.append(f"did not fit: {s['road']} (about {_minutes(s['estimate'])} by the {s['rate']} rate, "
-                     f"{_minutes(s['left'])} of the budget left)")
+        lines.append(f"did not fit: {s['road']} (about {minutes(s['estimate'])} by the {s['rate']} rate, "
+                     f"{minutes(s['left'])} of the budget left)")
     if best is None:
         lines.append("no road finished: raise --budget")
     else:

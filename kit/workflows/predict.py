@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from kit.core import dist
-from kit.core.budget import Deadline
+from kit.core.budget import Deadline, minutes
 from kit.core.errors import KitError
 from kit.core.files import atomic_write, write_json
 from kit.core.hashing import fingerprint
@@ -89,7 +89,7 @@ def predict_in_time(model, rows, mode, progress_file, progress_mode, deadline, f
                "fallback_run": fallback.name}
     if rest:
         log(f"predict: the time budget leaves {len(rest)} of {len(rows)} rows to the fallback run {fallback.name} "
-            f"({_minutes(deadline.left())} left of {_minutes(deadline.seconds)})")
+            f"({minutes(deadline.left())} left of {minutes(deadline.seconds)})")
         quick = fallback.model.predict(rows.subset(rest), "score")
         parts.append(_marked(quick, parts[0] if parts else None, f"fallback run {fallback.name} (time budget)"))
     joined = kind.join(parts)
@@ -104,9 +104,6 @@ def _marked(prediction, like, how):
                    answers=None if like is None or like.answers is None else [""] * n,
                    parsed=None if like is None or like.parsed is None else np.full(n, -1))
 
-
-def _minutes(seconds):
-    return f"{max(seconds, 0) / 60:.1f} min"
 
 
 def _predict_rows(model, rows, mode, progress_file, progress_mode=None):
