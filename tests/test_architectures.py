@@ -104,7 +104,8 @@ def test_frozen_bottom_caches_the_blocks_below_the_trained_one(tiny_arch, toy):
     backbone = architecture.backbone_of(peft)
     with torch.no_grad():
         states = backbone(input_ids=torch.tensor([ids[0]]), output_hidden_states=True).hidden_states
-    torch.testing.assert_close(torch.from_numpy(cached.arrays[0]), states[2][0], rtol=1e-5, atol=1e-6)
+    # (a neighbouring block's output differs by far more than the rounding of a batched pass)
+    torch.testing.assert_close(torch.from_numpy(cached.arrays[0]), states[2][0], rtol=1e-5, atol=1e-5)
 
 
 # -- 3. the prefix KV cache gives the same scores as no cache -------------------------------------

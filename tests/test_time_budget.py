@@ -3,6 +3,7 @@ valid submission, each row's road counted and recorded; `kit train --time-budget
 saved model and says so."""
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,13 @@ from cli import ok, one_line_error
 from kit.core.budget import Deadline, parse_duration
 from kit.core.errors import KitError
 from kit.inputs.data import Rows
+from kit.inputs.spec import load_spec
 from kit.models.base import Prediction
+from kit.tasks.label import LabelColumn
+from kit.tasks.number import NumberColumn
+from kit.tasks.several import SeveralLabelsColumn
 from kit.workflows import predict as predicting
-from kit.workflows.predict import Fallback, predict_in_time
+from kit.workflows.predict import BudgetRun, predict_in_time, second_pass
 
 TFIDF = ["--model", "tfidf"]
 
@@ -63,7 +68,7 @@ def test_the_main_model_predicts_while_its_measured_rate_says_the_next_chunk_end
     deadline = Deadline(7.0)
     slow, quick = FakeModel(clock, 1.0, label=1), FakeModel(clock, 0.0, label=0)
     # 1 s a row: chunks end at 2, 4 and 6 s; the fourth would end at 8 s, past the deadline of 7
-    prediction, figures = predict_in_time(slow, rows, "score", None, None, deadline, Fallback("fast", quick))
+    prediction, figures = predict_in_time(slow, rows, "score", None, None, deadline, BudgetRun("fast", quick))
     assert figures["main_rows"] == 6 and figures["fallback_rows"] == 4 and figures["fallback_run"] == "fast"
     assert prediction.probs[:, 1].tolist() == [1.0] * 6 + [0.0] * 4         # in the rows' order
     assert prediction.decided == ["score"] * 6 + ["fallback run fast (time budget)"] * 4
@@ -75,8 +80,54 @@ def test_no_time_left_sends_every_row_to_the_fallback(monkeypatch):
     rows = Rows(["a", "b", "c"], ["x", "y", "z"])
     deadline = Deadline(5.0)             # under the 10 s kept for the fallback
     prediction, figures = predict_in_time(FakeModel(clock, 1.0, 1), rows, "score", None, None, deadline,
-                                          Fallback("fast", FakeModel(clock, 0.0, 0)))
+                                          BudgetRun("fast", FakeModel(clock, 0.0, 0)))
     assert figures["main_rows"] == 0 and figures["fallback_rows"] == 3 and prediction.probs[:, 0].tolist() == [1] * 3
+
+
+def test_the_time_left_re_scores_the_least_certain_rows_first_and_averages_them_in(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(time, "monotonic", clock)
+    monkeypatch.setattr(predicting, "BUDGET_CHUNK", 2)
+    monkeypatch.setattr(predicting, "FALLBACK_RESERVE_S", 0.0)
+    monkeypatch.setattr(predicting, "FALLBACK_RESERVE", 0.0)
+    rows = Rows([str(i) for i in range(10)], [f"text {i}" for i in range(10)])
+    first = Prediction(np.tile([0.2, 0.8], (10, 1)), ["score"] * 10, parsed=np.ones(10, int))
+    certainty = np.array([5, 0, 9, 1, 8, 2, 7, 3, 6, 4], float)
+    # 1 s a row, 7 s left: three chunks of 2 (ending at 2, 4, 6 s), the fourth would end at 8 s
+    again, figures = second_pass(first, rows, certainty, Deadline(7.0), BudgetRun("second", FakeModel(clock, 1.0, 0)))
+    averaged = [1, 3, 5, 7, 9, 0]                        # the six smallest certainties
+    assert figures == {"second_pass_run": "second", "second_pass_rows": 6}
+    for i in range(10):
+        expected = [0.6, 0.4] if i in averaged else [0.2, 0.8]
+        np.testing.assert_allclose(again.probs[i], expected)
+        assert again.decided[i] == ("score + second pass run second (averaged)" if i in averaged else "score")
+        assert again.parsed[i] == (-1 if i in averaged else 1)    # the averaged probabilities decide it
+    assert first.probs[0].tolist() == [0.2, 0.8]                  # the first prediction is left as it was
+
+
+def test_no_time_left_leaves_the_prediction_as_it_was(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(time, "monotonic", clock)
+    rows = Rows(["a", "b"], ["x", "y"])
+    first = Prediction(np.tile([0.2, 0.8], (2, 1)), ["score"] * 2)
+    again, figures = second_pass(first, rows, [0.1, 0.2], Deadline(5.0),   # under the 10 s reserve
+                                 BudgetRun("second", FakeModel(clock, 1.0, 0)))
+    assert again is first and figures["second_pass_rows"] == 0
+
+
+def test_certainty_is_the_distance_from_writing_something_else(toy):
+    spec = load_spec(toy)
+    two = Prediction(np.array([[0.9, 0.1], [0.45, 0.55], [0.3, 0.7]]), ["score"] * 3)
+    np.testing.assert_allclose(LabelColumn(spec).certainty(two, 0.6), [0.5, 0.05, 0.1])   # |P(positive) - threshold|
+    three = Prediction(np.array([[0.5, 0.3, 0.2], [0.4, 0.1, 0.5]]), ["score"] * 2)
+    np.testing.assert_allclose(LabelColumn(replace(spec, labels=["a", "b", "c"])).certainty(three), [0.2, 0.1])
+    numbers = Prediction(np.array([[1.2], [2.45], [9.0]]), ["score"] * 3)
+    qwk = NumberColumn(replace(spec, metric="qwk", scale=(1, 4), labels=[]))
+    np.testing.assert_allclose(qwk.certainty(numbers, [1.5, 2.5, 3.5]), [0.3, 0.05, 0.5])  # 9 is clipped to 4
+    assert NumberColumn(replace(spec, metric="rmse", labels=[])).certainty(numbers).tolist() == [0, 0, 0]
+    flags = Prediction(np.array([[0.9, 0.45], [0.2, 0.1]]), ["score"] * 2)
+    several = SeveralLabelsColumn(replace(spec, label_columns=["x", "y"], shape="column_flags"))
+    np.testing.assert_allclose(several.certainty(flags, [0.5, 0.3]), [0.15, 0.2])         # the closest column
 
 
 def test_a_budget_too_small_for_the_main_run_still_writes_a_complete_valid_submission(toy, tmp_path, monkeypatch,
@@ -98,12 +149,37 @@ def test_a_budget_too_small_for_the_main_run_still_writes_a_complete_valid_submi
     assert "8 rows by the run, 0 by the fallback run fast" in roomy
 
 
+def test_a_second_pass_averages_a_second_run_into_the_rows_the_time_left_covers(toy, tmp_path, monkeypatch,
+                                                                                  tiny_llama):
+    monkeypatch.chdir(tmp_path)
+    ok("train", "--spec", toy, "--model", tiny_llama, "--max-steps", "2", "--batch-size", "8", "--name", "main")
+    ok("train", "--spec", toy, *TFIDF, "--name", "fast")
+    probs = {}
+    for run in ("main", "fast"):
+        ok("predict", "--spec", toy, "--run", run, "--out", f"{run}.csv")
+        probs[run] = pd.read_csv(tmp_path / "runs" / run / "predictions-test.csv").filter(like="p_").to_numpy()
+    said = ok("predict", "--spec", toy, "--run", "main", "--time-budget", "30m", "--fallback", "fast",
+              "--second-pass", "fast", "--out", "sub.csv")
+    assert "8 rows by the run, 0 by the fallback run fast, 8 re-scored by the second-pass run fast" in said
+    table = pd.read_csv(tmp_path / "runs" / "main" / "predictions-test.csv")
+    assert table["decided"].str.endswith(" + second pass run fast (averaged)").all()
+    np.testing.assert_allclose(table.filter(like="p_").to_numpy(), (probs["main"] + probs["fast"]) / 2, atol=2e-6)
+    stats = json.loads((tmp_path / "runs" / "main" / "predict-test.json").read_text())
+    assert stats["second_pass_rows"] == 8 and stats["second_pass_run"] == "fast"
+    assert "valid for split test" in ok("check", "--spec", toy, "--submission", "sub.csv")
+    assert "is the run being predicted" in one_line_error("predict", "--spec", toy, "--run", "main", "--time-budget",
+                                                          "5m", "--fallback", "fast", "--second-pass", "main")
+    assert "--second-pass works within a --time-budget" in one_line_error("predict", "--spec", toy, "--run", "main",
+                                                                          "--second-pass", "fast")
+
+
 def test_time_budget_refusals_are_one_line(toy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ok("train", "--spec", toy, *TFIDF, "--name", "fast")
     assert "--time-budget needs --fallback RUN" in one_line_error("predict", "--spec", toy, "--run", "fast",
                                                                   "--time-budget", "5m")
-    assert "give --time-budget too" in one_line_error("predict", "--spec", toy, "--run", "fast", "--fallback", "fast")
+    assert "--fallback works within a --time-budget; give --time-budget too" in one_line_error(
+        "predict", "--spec", toy, "--run", "fast", "--fallback", "fast")
     assert "--time-budget 'soon'" in one_line_error("predict", "--spec", toy, "--run", "fast", "--time-budget", "soon",
                                                     "--fallback", "fast")
     assert "nope" in one_line_error("predict", "--spec", toy, "--run", "fast", "--time-budget", "5m",

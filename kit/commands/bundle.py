@@ -20,6 +20,9 @@ from kit.workflows.predict import find_run
               help="The run of a [targets] column (default: its latest trained run). Repeatable.")
 @click.option("--fallback", default=None,
               help="A fast run of this spec shipped too: run.py --time-budget decides the rows left with it.")
+@click.option("--second-pass", default=None, metavar="RUN",
+              help="Another run of this spec shipped too: run.py --time-budget spends the time left after every row "
+                   "is predicted re-scoring the least certain rows with it (kit predict --second-pass).")
 @click.option("--image", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A `pip freeze` of the notebook's image: only what it lacks is shipped as wheels "
                    "[default: the image has torch and nothing else the kit needs].")
@@ -29,8 +32,8 @@ from kit.workflows.predict import find_run
 @RUN_NAMES
 @RUNS_DIR
 @friendly
-def bundle_command(spec_path, out, models, threshold, target_runs, fallback, image, python, force, run_options,
-                   runs_dir):
+def bundle_command(spec_path, out, models, threshold, target_runs, fallback, second_pass, image, python, force,
+                   run_options, runs_dir):
     """Write the folder to upload for an offline competition notebook: the kit and its missing wheels, runs, spec, run.py."""
     spec = open_spec(spec_path)
     runs = Path(runs_dir)
@@ -49,13 +52,16 @@ def bundle_command(spec_path, out, models, threshold, target_runs, fallback, ima
     column = label_column(spec) if spec.has_labels else None
     if threshold is not None and column is not None:     # 'oof' without a CV is refused here, not in the notebook
         column.threshold(threshold, chosen[0].cv_scores, chosen[0].key)
-    if fallback is not None:
+    budget_runs = {}
+    for option, name in (("fallback", fallback), ("second_pass", second_pass)):
+        if name is None:
+            continue
         if column is None:
-            raise KitError("--fallback decides the label's rows; this spec has no label")
-        chosen.append(find_run(column, fallback, runs=runs))
+            raise KitError(f"--{option.replace('_', '-')} helps predict the label's rows; this spec has no label")
+        chosen.append(find_run(column, name, runs=runs))
+        budget_runs[option] = chosen[-1].name
     one_process = any(c.one_process for c in predicted_columns(spec))
-    manifest = bundle(spec, chosen, out, image, python, predict_args,
-                      chosen[-1].name if fallback is not None else None, one_process, force)
+    manifest = bundle(spec, chosen, out, image, python, predict_args, budget_runs, one_process, force)
     say(f"bundle {out}: {len(manifest['wheels'])} wheels, runs {', '.join(manifest['runs'])}; "
         f"{manifest['bytes'] / 2 ** 20:.1f} MiB")
     say(f"upload it as a dataset; in the notebook: python /kaggle/input/{Path(out).name}/run.py --data "

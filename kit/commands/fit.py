@@ -95,18 +95,23 @@ def train(spec_path, name, resume, time_budget, trust_remote_code, overwrite, ta
                    "time for, by the rate measured on its first rows, are decided by --fallback, counted per row. "
                    "[targets] columns are predicted after it, without a limit.")
 @click.option("--fallback", default=None, help="With --time-budget: a fast run of this spec (TF-IDF, a smaller model).")
+@click.option("--second-pass", default=None, metavar="RUN",
+              help="With --time-budget: when every row is predicted with time to spare, another run of this spec "
+                   "re-scores the least certain rows (nearest the threshold, cut point or runner-up) while the time "
+                   "lasts, its probabilities averaged in, each such row marked.")
 @TRUST_REMOTE_CODE
 @RUNS_DIR
 @friendly
 def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trust_remote_code, report_out, models,
-            target_runs, time_budget, fallback, runs_dir):
+            target_runs, time_budget, fallback, second_pass, runs_dir):
     """Predict a split and write a validated submission."""
     started = time.monotonic()
     budget = parse_duration(time_budget) if time_budget is not None else None
     spec = open_spec(spec_path)
     result = predict_split(spec, split, run, mode, threshold, out, runs=Path(runs_dir), allow_spec_change=allow_spec_change,
                            trust_remote_code=trust_remote_code, models=models,
-                           target_runs=_column_runs(target_runs, spec), time_budget=budget, fallback=fallback)
+                           target_runs=_column_runs(target_runs, spec), time_budget=budget, fallback=fallback,
+                           second_pass=second_pass)
     if result is None:                      # not rank 0: rank 0 wrote the submission
         return
     path, results = result
@@ -123,8 +128,10 @@ def predict(spec_path, split, run, mode, threshold, out, allow_spec_change, trus
 def _budget_line(stats, seconds):
     """What a time budget did: the rows each road decided, the time spent against the budget."""
     return (f"time budget: {minutes(seconds)} of {minutes(stats['time_budget_s'])} spent; "
-            f"{stats['main_rows']} rows by the run, {stats['fallback_rows']} by the fallback run {stats['fallback_run']} "
-            "(each row's road is in the predictions file's decided column)")
+            f"{stats['main_rows']} rows by the run, {stats['fallback_rows']} by the fallback run {stats['fallback_run']}"
+            + (f", {stats['second_pass_rows']} re-scored by the second-pass run {stats['second_pass_run']} and averaged"
+               if "second_pass_run" in stats else "")
+            + " (each row's road is in the predictions file's decided column)")
 
 
 def _column_runs(pairs, spec):

@@ -158,11 +158,12 @@ def notebook(bundle_name):
             "cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": source}]}
 
 
-def bundle(spec, runs, out, image=None, python=None, predict_args=(), fallback=None, one_process=False,
+def bundle(spec, runs, out, image=None, python=None, predict_args=(), budget_runs=None, one_process=False,
            force=False):
     """Write the bundle folder at out (atomically: a staging folder renamed into place). runs: the
     Run objects the prediction reads (the label's first); predict_args: kit predict's options as the
-    bundle runs them (run names only, never paths); one_process: a predicted column is written in one
+    bundle runs them (run names only, never paths); budget_runs: {"fallback" / "second_pass": run name}
+    for run.py --time-budget; one_process: a predicted column is written in one
     process (keywords), so run.py never starts one process per GPU. Returns the manifest."""
     out = Path(out)
     _check_out(out, force)
@@ -186,7 +187,9 @@ def bundle(spec, runs, out, image=None, python=None, predict_args=(), fallback=N
                 shutil.copy2(extra.path, staging / "data" / Path(extra.path).name)
         shutil.copy2(ENTRY, staging / "run.py")
         manifest = {"kit": __version__, "kit_wheel": kit.name, "spec": f"spec/{Path(spec.path).name}",
-                    "runs": list(dict.fromkeys(run.name for run in runs)), "predict": list(predict_args), "fallback": fallback,
+                    "runs": list(dict.fromkeys(run.name for run in runs)), "predict": list(predict_args),
+                    "fallback": (budget_runs or {}).get("fallback"),
+                    "second_pass": (budget_runs or {}).get("second_pass"),
                     "one_process": one_process,
                     "wheels": sorted(p.name for p in wheels.glob("*.whl")),
                     "image": str(image) if image else f"assumed: {', '.join(IMAGE_PROVIDES)} and nothing else",

@@ -220,6 +220,15 @@ class LabelColumn:
     def promised(self, rows):
         return None               # every row has a label
 
+    def certainty(self, prediction, threshold=None):
+        """Per row, how far its prediction is from another label (a time budget's second pass
+        re-scores the smallest first): the distance to the threshold, else the top two's margin."""
+        probs = np.asarray(prediction.probs, float)
+        if self.thresholded:
+            return np.abs(probs[:, 1] - (threshold if threshold is not None else 0.5))
+        top = np.sort(probs, axis=1)
+        return top[:, -1] - top[:, -2]
+
     def table_of(self, ids, prediction, labels):
         """Per-row predictions: id, label, probability per label, how it was decided, raw answer."""
         frame = pd.DataFrame({"id": ids, "label": [self.spec.labels[i] for i in labels]})

@@ -180,6 +180,14 @@ class NumberColumn:
     def promised(self, rows):
         return None
 
+    def certainty(self, prediction, cut_points=None):
+        """Per row, how far its number is from the nearest cut point (qwk: from being written as
+        another score). rmse and mae have no such point: every row alike, in order."""
+        if not cut_points:
+            return np.zeros(len(prediction.decided))
+        values = self.clipped(prediction.probs[:, 0])
+        return np.abs(values[:, None] - np.asarray(cut_points, float)[None, :]).min(1)
+
 
 def format_number_report(result):
     names = [result["metric"], *(n for n in ("rmse", "mae") if n != result["metric"])]

@@ -208,6 +208,11 @@ class SeveralLabelsColumn:
     def promised(self, rows):
         return None
 
+    def certainty(self, prediction, thresholds=None):
+        """Per row, how far its closest column is from its threshold (0.5 for probabilities)."""
+        cuts = np.asarray(thresholds or [0.5] * len(self.columns), float)
+        return np.abs(np.asarray(prediction.probs, float) - cuts[None, :]).min(1)
+
 
 def format_columns_report(result):
     names = [result["metric"], *(n for n in MULTI_METRICS if n != result["metric"])]

@@ -75,10 +75,14 @@ def _ends_in_time(size, predicted, seconds, left):
     return predicted == 0 or size * seconds / predicted <= left
 
 
+def _reserve(deadline):
+    return max(FALLBACK_RESERVE_S, FALLBACK_RESERVE * deadline.seconds)
+
+
 def predict_in_time(model, rows, mode, progress_file, progress_mode, deadline, fallback):
     """The main model's chunks while they end in time, then the rows left by fallback (a faster run's
     model, in score mode), each marked per row. Returns (Prediction in the rows' order, figures)."""
-    reserve = max(FALLBACK_RESERVE_S, FALLBACK_RESERVE * deadline.seconds)
+    reserve = _reserve(deadline)
     done, chunk = _predict_chunks(model, rows, mode, progress_file, BUDGET_CHUNK, progress_mode, deadline, reserve)
     kind = model.prediction_type
     starts = sorted(int(s) for s in done)
@@ -94,6 +98,35 @@ def predict_in_time(model, rows, mode, progress_file, progress_mode, deadline, f
         parts.append(_marked(quick, parts[0] if parts else None, f"fallback run {fallback.name} (time budget)"))
     joined = kind.join(parts)
     return joined.take(np.argsort(main + rest)), figures
+
+
+def second_pass(prediction, rows, certainty, deadline, second):
+    """The time the budget has left, spent on the least certain rows first (certainty: per row, how far
+    its prediction is from changing what is written): the second run's probabilities averaged with
+    the first's, chunk by chunk while the rate measured on this pass says a chunk ends before the
+    reserve. Returns (Prediction, figures)."""
+    order = np.argsort(np.asarray(certainty, float), kind="stable")
+    done, chunk = _predict_chunks(second.model, rows.subset(order), "score", None, BUDGET_CHUNK, None, deadline,
+                                  _reserve(deadline))
+    starts = sorted(int(s) for s in done)
+    chosen = [int(order[i]) for s in starts for i in range(s, min(s + chunk, len(rows)))]
+    figures = {"second_pass_run": second.name, "second_pass_rows": len(chosen)}
+    if not chosen:
+        log(f"predict: no time left for a second pass with run {second.name}")
+        return prediction, figures
+    again = second.model.prediction_type.join([second.model.prediction_type.from_record(done[str(s)]) for s in starts])
+    probs = np.array(prediction.probs, float)
+    probs[chosen] = (probs[chosen] + np.asarray(again.probs, float)) / 2
+    decided = list(prediction.decided)
+    for i in chosen:
+        decided[i] = f"{decided[i]} + second pass run {second.name} (averaged)"
+    parsed = prediction.parsed
+    if parsed is not None:             # an averaged row is decided by its averaged probabilities
+        parsed = np.array(parsed)
+        parsed[chosen] = -1
+    log(f"predict: second pass: the {len(chosen)} least certain of {len(rows)} rows re-scored by run {second.name} "
+        f"and averaged in ({minutes(deadline.left())} left of {minutes(deadline.seconds)})")
+    return replace(prediction, probs=probs, decided=decided, parsed=parsed), figures
 
 
 def _marked(prediction, like, how):
@@ -174,19 +207,28 @@ def _refuse_stale_fold_models(run, folds):
 
 
 @dataclass
-class Fallback:
-    """Under a time budget: the run that decides the label's rows the main model has no time for."""
+class BudgetRun:
+    """A run that helps the label's column under a time budget: the fallback that decides the rows
+    the main run has no time for, or the second pass that re-scores the least certain rows."""
     name: str
     model: object
 
 
+@dataclass
+class Budget:
+    deadline: Deadline
+    fallback: BudgetRun
+    second: BudgetRun = None
+
+
 def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS,
                   allow_spec_change=False, trust_remote_code=False, models="auto", target_runs=None,
-                  time_budget=None, fallback=None):
+                  time_budget=None, fallback=None, second_pass=None):
     """`kit predict`: every predicted column of the spec (the label, then each [targets] column)
     for a split, then a validated submission written atomically. run names the label's run,
     target_runs {column: run} the others'. With time_budget (seconds, from now) the label's rows
-    the run has no time for are decided by the fallback run. Returns (submission path,
+    the run has no time for are decided by the fallback run, and the time left after every row is
+    predicted goes to the second_pass run on the least certain rows. Returns (submission path,
     [ColumnResult]); None on ranks other than 0."""
     deadline = Deadline(time_budget) if time_budget else None
     columns = predicted_columns(spec)
@@ -197,7 +239,8 @@ def predict_split(spec, split="test", run=None, mode="score", threshold=None, ou
     found = [(column, find_run(column, names[column.column], allow_spec_change, runs)) for column in columns]
     for column, column_run in found:
         _check_run_outputs(column_run, split, column.progress_mode(mode))
-    budget = _budget(columns[0], deadline, fallback, allow_spec_change, runs, trust_remote_code)
+    budget = _budget(columns[0], found[0][1], deadline, fallback, second_pass, allow_spec_change, runs,
+                     trust_remote_code)
     results = []
     for column, column_run in found:
         result = predict_column(column, column_run, split, rows[column][0], mode, threshold, models,
@@ -269,12 +312,13 @@ def columns_rows(columns, split):
     return out
 
 
-def _budget(column, deadline, fallback, allow_spec_change, runs, trust_remote_code):
-    """(deadline, Fallback) for the label's column under a time budget, loaded before any prediction
-    so that its errors come first; None without a budget."""
+def _budget(column, run, deadline, fallback, second_pass, allow_spec_change, runs, trust_remote_code):
+    """The Budget of the label's column (run: its run) under a time budget, its runs loaded before any
+    prediction so that their errors come first; None without a budget."""
     if deadline is None:
-        if fallback is not None:
-            raise KitError("--fallback decides the rows a --time-budget leaves; give --time-budget too")
+        for option, given in (("--fallback", fallback), ("--second-pass", second_pass)):
+            if given is not None:
+                raise KitError(f"{option} works within a --time-budget; give --time-budget too")
         return None
     if fallback is None:
         raise KitError("--time-budget needs --fallback RUN: a fast run of this spec (e.g. `kit train --model tfidf "
@@ -283,8 +327,13 @@ def _budget(column, deadline, fallback, allow_spec_change, runs, trust_remote_co
         raise KitError("--time-budget runs in one process; start kit predict without torchrun")
     if column.target is not None:
         raise KitError(f"--time-budget falls back on the label's rows; {column} is not the label")
-    run = find_run(column, fallback, allow_spec_change, runs)
-    return deadline, Fallback(run.name, load_predictor(run, "auto", trust_remote_code)[0])
+    if second_pass is not None and run is not None and second_pass == run.name:
+        raise KitError(f"--second-pass {second_pass} is the run being predicted; name another run of this spec "
+                       "(a second model), whose probabilities are averaged in")
+    helpers = [find_run(column, name, allow_spec_change, runs) if name else None for name in (fallback, second_pass)]
+    fallback_run, second_run = (BudgetRun(r.name, load_predictor(r, "auto", trust_remote_code)[0]) if r else None
+                                for r in helpers)
+    return Budget(deadline, fallback_run, second_run)
 
 
 def predict_column(column, run, split, rows, mode="score", threshold=None, models="auto", trust_remote_code=False,
@@ -306,7 +355,12 @@ def predict_column(column, run, split, rows, mode="score", threshold=None, model
     if budget is None:
         prediction, figures = _predict_rows(model, rows, mode, progress, progress_mode), {}
     else:
-        prediction, figures = predict_in_time(model, rows, mode, progress, progress_mode, *budget)
+        prediction, figures = predict_in_time(model, rows, mode, progress, progress_mode, budget.deadline,
+                                              budget.fallback)
+        if budget.second is not None:
+            prediction, more = second_pass(prediction, rows, column.certainty(prediction, cut), budget.deadline,
+                                           budget.second)
+            figures.update(more)
     seconds = time.time() - start
     if prediction is None:
         return None

@@ -2,7 +2,7 @@
 """Write the competition's submission from this kit bundle, offline.
 
     python run.py --data /kaggle/input/COMPETITION [--out /kaggle/working/submission.csv]
-                  [--models-dir /kaggle/input/MODEL] [--time-budget 8h --fallback RUN]
+                  [--models-dir /kaggle/input/MODEL] [--time-budget 8h --fallback RUN [--second-pass RUN]]
 
 1. installs the bundle's wheels with the package index off (pip install --no-index --no-deps: the
    image's own torch and libraries stay as they are);
@@ -75,6 +75,8 @@ def main():
     parser.add_argument("--split", default="test", help="the spec's split to predict")
     parser.add_argument("--time-budget", default=None, help="for the whole script: 8h, 30m (see kit predict --help)")
     parser.add_argument("--fallback", default=None, help="with --time-budget: a run of the bundle for the rows left")
+    parser.add_argument("--second-pass", default=None,
+                        help="with --time-budget: a run of the bundle that re-scores the least certain rows with the time left")
     parser.add_argument("--no-install", action="store_true", help="the bundle's wheels are installed already")
     args = parser.parse_args()
     started = time.monotonic()
@@ -108,6 +110,9 @@ def main():
             sys.exit("error: --time-budget needs --fallback RUN (one of the bundle's runs: "
                      f"{', '.join(manifest['runs'])}), or a bundle made with kit bundle --fallback")
         command += ["--time-budget", f"{left:.0f}s", "--fallback", fallback]
+        second = args.second_pass or manifest.get("second_pass")
+        if second:
+            command += ["--second-pass", second]
     print("bundle: " + " ".join(command[1:]), flush=True)
     subprocess.run(command, env=env, cwd=work, check=True)
     stages.append(("predict", time.monotonic() - started - sum(s for _, s in stages)))
@@ -126,6 +131,8 @@ def report(manifest, runs, split, out, stages, budget):
     if stats.is_file():
         figures = json.loads(stats.read_text())
         print(f"  rows decided by a fallback run: {figures.get('fallback_rows', 0)}")
+        if "second_pass_run" in figures:
+            print(f"  rows re-scored by the second pass ({figures['second_pass_run']}): {figures['second_pass_rows']}")
 
 
 if __name__ == "__main__":
