@@ -44,6 +44,9 @@ def test_token_epochs_count_every_folds_fit():
 
 def test_a_tiny_budget_runs_tfidf_lists_the_rest_and_writes_the_choice(toy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    # rates this slow leave nothing but TF-IDF within 1 s, however fast TF-IDF runs here
+    (tmp_path / "runs" / RATES_FILE).write_text(json.dumps({"cpu": {"minilm": 10.0, "llm": 10.0}}))
     out = ok("auto", "--spec", toy, "--budget", "1s", "--folds", "3", "--write", "test", "--out", "sub.csv")
     assert "| TF-IDF + logistic regression |" in out
     assert "did not fit: all-MiniLM-L6-v2 fine-tuned whole" in out and "did not fit: SmolLM2-135M" in out

@@ -15,6 +15,7 @@ import pytest
 from cli import ok, one_line_error
 
 from kit.core.errors import KitError
+from kit.outputs import bundle as bundling
 from kit.outputs.bundle import lacking, read_freeze
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,11 @@ def this_environment_freeze(path, without=()):
 def test_a_freeze_file_is_read_and_what_the_image_lacks_is_walked(tmp_path):
     image = read_freeze(this_environment_freeze(tmp_path / "image.txt", without=LEFT_OUT))
     assert "click" not in image and image["pandas"]
-    assert [name for name, _ in lacking(image, ["click>=8", "pandas", "torch==0.0.1"])] == ["click"]
+    assert [name for name, _ in lacking(image, ["click>=8", "pandas", "torch>=2"])] == ["click"]
+    # torch is the image's, setuptools only builds the wheel here: neither is shipped, image or none
+    assert lacking(None, ["torch>=2.6", "setuptools>=999"]) == []
+    with pytest.raises(KitError, match=r"the image's torch 2.4.1\+cu121 is outside the kit's supported range"):
+        lacking({"torch": "2.4.1+cu121"}, ["torch>=2.6.0,<3"])
     # an image version outside the requirement is shipped, with what it requires in turn
     image["jinja2"] = "2.0"
     image.pop("markupsafe")
@@ -119,3 +124,6 @@ def test_bundle_refusals_are_one_line(tmp_path, monkeypatch, toy):
     (tmp_path / "image.txt").write_text("torch 2.6\n")
     assert "is not NAME==VERSION" in one_line_error("bundle", "--spec", toy, "--run", "fast", "--image", "image.txt",
                                                     "--out", "b")
+    monkeypatch.setattr(bundling, "_has", lambda package: package != "setuptools")
+    assert "pip install 'setuptools>=70.1'" in one_line_error("bundle", "--spec", toy, "--run", "fast", "--out", "b")
+    assert not (tmp_path / "b").exists()

@@ -5,6 +5,7 @@ CPUs, so all of this runs and is tested on a laptop; NCCL on GPUs). Training wra
 module in DistributedDataParallel, prediction splits the rows, CV runs folds side by side, and
 only rank 0 writes files.
 """
+import inspect
 import os
 import sys
 
@@ -97,4 +98,6 @@ def wrap(module):
     from torch.nn.parallel import DistributedDataParallel
     device = [torch.cuda.current_device()] if torch.cuda.is_available() else None
     # every rank built the same weights from the same seed; skip broadcasting gigabytes of them
-    return DistributedDataParallel(module, device_ids=device, init_sync=False)
+    # (where DDP has no init_sync, torch 2.6, it broadcasts them once: the same weights, a slower start)
+    skip = {"init_sync": False} if "init_sync" in inspect.signature(DistributedDataParallel).parameters else {}
+    return DistributedDataParallel(module, device_ids=device, **skip)

