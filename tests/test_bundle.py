@@ -1,6 +1,7 @@
 """Competition day: `kit bundle` writes one folder that installs offline in a fresh environment (the
 package index off, the base libraries from a provided environment standing in for the notebook's
 image) and writes the submission from a copy of itself in another folder."""
+import importlib.util
 import json
 import os
 import shutil
@@ -34,8 +35,7 @@ def test_a_freeze_file_is_read_and_what_the_image_lacks_is_walked(tmp_path):
     image = read_freeze(this_environment_freeze(tmp_path / "image.txt", without=LEFT_OUT))
     assert "click" not in image and image["pandas"]
     assert [name for name, _ in lacking(image, ["click>=8", "pandas", "torch>=2"])] == ["click"]
-    # torch is the image's, setuptools only builds the wheel here: neither is shipped, image or none
-    assert lacking(None, ["torch>=2.6", "setuptools>=999"]) == []
+    assert lacking(None, ["torch>=2.6"]) == []           # the image's, with or without a freeze
     with pytest.raises(KitError, match=r"the image's torch 2.4.1\+cu121 is outside the kit's supported range"):
         lacking({"torch": "2.4.1+cu121"}, ["torch>=2.6.0,<3"])
     # an image version outside the requirement is shipped, with what it requires in turn
@@ -98,6 +98,7 @@ def test_the_bundle_installs_offline_and_writes_the_submission_from_anywhere(tmp
 
     said = notebook()
     assert "bundle: wrote" in said and "rows decided by a fallback run: 0" in said
+    assert "bundle: warning" not in said            # every requirement of the kit met by image and bundle
     where = subprocess.run([str(python), "-c", "import kit; print(kit.__file__)"], capture_output=True, text=True)
     assert "image-env" in where.stdout                              # the kit from the bundle's wheel
     submission, sample = pd.read_csv(working / "submission.csv"), pd.read_csv(competition / "sample_submission.csv")
@@ -127,3 +128,15 @@ def test_bundle_refusals_are_one_line(tmp_path, monkeypatch, toy):
     monkeypatch.setattr(bundling, "_has", lambda package: package != "setuptools")
     assert "pip install 'setuptools>=70.1'" in one_line_error("bundle", "--spec", toy, "--run", "fast", "--out", "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_run_py_warns_of_the_kits_unmet_requirements_only(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bundle_run", ROOT / "kit" / "outputs" / "templates" / "bundle_run.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    checked = ("tensorflow 2.19.0 has requirement numpy<2.2, but you have numpy 2.4.6.\n"
+               "competition-kit 0.1.0 requires gguf, which is not installed.\n"
+               "competition-kit 0.1.0 has requirement pandas>=2.3.3, but you have pandas 2.2.0.\n")
+    monkeypatch.setattr(entry.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, checked, ""))
+    assert entry.unmet_requirements() == ["competition-kit 0.1.0 requires gguf, which is not installed.",
+                                          "competition-kit 0.1.0 has requirement pandas>=2.3.3, but you have pandas 2.2.0."]

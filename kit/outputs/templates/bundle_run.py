@@ -38,6 +38,14 @@ def install():
     importlib.invalidate_caches()
 
 
+def unmet_requirements():
+    """pip check's lines about the kit: what neither the image nor the bundle provides (a bundle made
+    against another image's freeze). The image's own conflicts are not the kit's and are left out."""
+    result = subprocess.run([sys.executable, "-m", "pip", "check"], env=offline_pip_env(), capture_output=True,
+                            text=True)
+    return [line for line in result.stdout.splitlines() if line.lower().startswith("competition-kit ")]
+
+
 def seconds_of(text):
     """--time-budget as kit reads it: 8h, 30m, 90s, or a number of minutes (the kit is not importable
     before install() has run, so this script reads it itself)."""
@@ -84,6 +92,9 @@ def main():
     stages = []
     if not args.no_install:
         install()
+        for line in unmet_requirements():
+            print(f"bundle: warning: {line} (make the bundle with kit bundle --image FILE, FILE this notebook's "
+                  "`pip freeze`)", flush=True)
     stages.append(("install", time.monotonic() - started))
     work = Path(args.work).resolve()
     runs = work / "runs"
