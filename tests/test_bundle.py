@@ -16,6 +16,7 @@ import pytest
 from cli import ok, one_line_error
 
 from kit.core.errors import KitError
+from kit.inputs.spec import load_spec
 from kit.outputs import bundle as bundling
 from kit.outputs.bundle import lacking, read_freeze
 
@@ -140,3 +141,12 @@ def test_run_py_warns_of_the_kits_unmet_requirements_only(monkeypatch):
     monkeypatch.setattr(entry.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, checked, ""))
     assert entry.unmet_requirements() == ["competition-kit 0.1.0 requires gguf, which is not installed.",
                                           "competition-kit 0.1.0 has requirement pandas>=2.3.3, but you have pandas 2.2.0."]
+
+
+def test_two_data_files_with_one_name_are_refused(toy):
+    bundling._check_file_names(load_spec(toy))                  # the toy's own files: all names differ
+    (toy.parent / "more").mkdir()
+    (toy.parent / "more" / "train.csv").write_text("tweet,sentiment\ncats again,1\ndogs again,0\n")
+    toy.write_text(toy.read_text() + '[[extra]]\nfile = "more/train.csv"\nlabel = "sentiment"\ninput = "{tweet}"\n')
+    with pytest.raises(KitError, match="share the name 'train.csv'"):
+        bundling._check_file_names(load_spec(toy))

@@ -188,6 +188,7 @@ def bundle(spec, runs, out, image=None, python=None, predict_args=(), budget_run
     process (keywords), so run.py never starts one process per GPU. Returns the manifest."""
     out = Path(out)
     _check_out(out, force)
+    _check_file_names(spec)
     frozen = read_freeze(image) if image else None       # the user's inputs first, then the build
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -231,6 +232,18 @@ def bundle(spec, runs, out, image=None, python=None, predict_args=(), budget_run
 def _kit_requirements():
     _installed(DISTRIBUTION)
     return list(_requirements(DISTRIBUTION))
+
+
+def _check_file_names(spec):
+    """In the notebook each data file is found by its name alone (KIT_DATA_DIR): two of the spec's
+    files with one name would both read the first folder's."""
+    files = [spec.train, *spec.splits.values(), *([spec.sample] if spec.sample else []), *(e.path for e in spec.extra)]
+    by_name = {}
+    for file in files:
+        first = by_name.setdefault(Path(file).name, Path(file))
+        if first.resolve() != Path(file).resolve():
+            raise KitError(f"{spec.path}: the data files {first} and {file} share the name {Path(file).name!r}, and in "
+                           "the notebook each data file is found by its name alone; rename one of them")
 
 
 def _check_out(out, force):
