@@ -126,6 +126,8 @@ def test_bundle_refusals_are_one_line(tmp_path, monkeypatch, toy):
     (tmp_path / "image.txt").write_text("torch 2.6\n")
     assert "is not NAME==VERSION" in one_line_error("bundle", "--spec", toy, "--run", "fast", "--image", "image.txt",
                                                     "--out", "b")
+    assert "is the label's run" in one_line_error("bundle", "--spec", toy, "--run", "fast", "--fallback", "fast",
+                                                  "--second-pass", "fast", "--out", "b")
     monkeypatch.setattr(bundling, "_has", lambda package: package != "setuptools")
     assert "pip install 'setuptools>=70.1'" in one_line_error("bundle", "--spec", toy, "--run", "fast", "--out", "b")
     assert not (tmp_path / "b").exists()

@@ -84,6 +84,14 @@ def test_no_time_left_sends_every_row_to_the_fallback(monkeypatch):
     assert figures["main_rows"] == 0 and figures["fallback_rows"] == 3 and prediction.probs[:, 0].tolist() == [1] * 3
 
 
+class RowModel(FakeModel):
+    """P(positive) = the row's number / 100: every row its own value, so a row mismatch shows."""
+    def predict(self, rows, mode="score"):
+        self.clock.now += self.seconds_per_row * len(rows)
+        p = np.array([int(i) / 100 for i in rows.ids])
+        return Prediction(np.stack([1 - p, p], 1), ["score"] * len(rows))
+
+
 def test_the_time_left_re_scores_the_least_certain_rows_first_and_averages_them_in(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(time, "monotonic", clock)
@@ -91,17 +99,19 @@ def test_the_time_left_re_scores_the_least_certain_rows_first_and_averages_them_
     monkeypatch.setattr(predicting, "FALLBACK_RESERVE_S", 0.0)
     monkeypatch.setattr(predicting, "FALLBACK_RESERVE", 0.0)
     rows = Rows([str(i) for i in range(10)], [f"text {i}" for i in range(10)])
-    first = Prediction(np.tile([0.2, 0.8], (10, 1)), ["score"] * 10, parsed=np.ones(10, int))
+    parsed = np.full(10, -1)
+    parsed[3] = 1                                        # row 3's generated answer decided it
+    first = Prediction(np.tile([0.2, 0.8], (10, 1)), ["score"] * 10, parsed=parsed)
     certainty = np.array([5, 0, 9, 1, 8, 2, 7, 3, 6, 4], float)
     # 1 s a row, 7 s left: three chunks of 2 (ending at 2, 4, 6 s), the fourth would end at 8 s
-    again, figures = second_pass(first, rows, certainty, Deadline(7.0), BudgetRun("second", FakeModel(clock, 1.0, 0)))
-    averaged = [1, 3, 5, 7, 9, 0]                        # the six smallest certainties
+    again, figures = second_pass(first, rows, certainty, Deadline(7.0), BudgetRun("second", RowModel(clock, 1.0, 0)))
+    averaged = [1, 5, 7, 9, 0, 8]                        # the six smallest certainties, row 3 left out
     assert figures == {"second_pass_run": "second", "second_pass_rows": 6}
     for i in range(10):
-        expected = [0.6, 0.4] if i in averaged else [0.2, 0.8]
+        expected = [(0.2 + 1 - i / 100) / 2, (0.8 + i / 100) / 2] if i in averaged else [0.2, 0.8]
         np.testing.assert_allclose(again.probs[i], expected)
         assert again.decided[i] == ("score + second pass run second (averaged)" if i in averaged else "score")
-        assert again.parsed[i] == (-1 if i in averaged else 1)    # the averaged probabilities decide it
+    assert again.parsed.tolist() == parsed.tolist()
     assert first.probs[0].tolist() == [0.2, 0.8]                  # the first prediction is left as it was
 
 

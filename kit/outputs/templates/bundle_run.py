@@ -87,6 +87,8 @@ def main():
                         help="with --time-budget: a run of the bundle that re-scores the least certain rows with the time left")
     parser.add_argument("--no-install", action="store_true", help="the bundle's wheels are installed already")
     args = parser.parse_args()
+    if args.second_pass and not args.time_budget:
+        sys.exit("error: --second-pass spends the time a --time-budget leaves; give --time-budget too")
     started = time.monotonic()
     manifest = json.loads((HERE / "kit_bundle.json").read_text())
     stages = []
