@@ -128,7 +128,8 @@ def test_bundle_refusals_are_one_line(tmp_path, monkeypatch, toy):
                                                     "--out", "b")
     assert "is the label's run" in one_line_error("bundle", "--spec", toy, "--run", "fast", "--fallback", "fast",
                                                   "--second-pass", "fast", "--out", "b")
-    monkeypatch.setattr(bundling, "_has", lambda package: package != "setuptools")
+    real = bundling._version
+    monkeypatch.setattr(bundling, "_version", lambda package: None if package == "setuptools" else real(package))
     assert "pip install 'setuptools>=70.1'" in one_line_error("bundle", "--spec", toy, "--run", "fast", "--out", "b")
     assert not (tmp_path / "b").exists()
 

@@ -58,13 +58,18 @@ class FakeModel:
         return Prediction(probs, ["score"] * len(rows))
 
 
-def test_the_main_model_predicts_while_its_measured_rate_says_the_next_chunk_ends_in_time(monkeypatch):
+def ten_rows_in_chunks_of_two(monkeypatch):
+    """A fake clock, chunks of 2 rows and no reserve: the time rule alone decides. (clock, 10 rows)"""
     clock = Clock()
     monkeypatch.setattr(time, "monotonic", clock)
     monkeypatch.setattr(predicting, "BUDGET_CHUNK", 2)
     monkeypatch.setattr(predicting, "FALLBACK_RESERVE_S", 0.0)
     monkeypatch.setattr(predicting, "FALLBACK_RESERVE", 0.0)
-    rows = Rows([str(i) for i in range(10)], [f"text {i}" for i in range(10)])
+    return clock, Rows([str(i) for i in range(10)], [f"text {i}" for i in range(10)])
+
+
+def test_the_main_model_predicts_while_its_measured_rate_says_the_next_chunk_ends_in_time(monkeypatch):
+    clock, rows = ten_rows_in_chunks_of_two(monkeypatch)
     deadline = Deadline(7.0)
     slow, quick = FakeModel(clock, 1.0, label=1), FakeModel(clock, 0.0, label=0)
     # 1 s a row: chunks end at 2, 4 and 6 s; the fourth would end at 8 s, past the deadline of 7
@@ -93,12 +98,7 @@ class RowModel(FakeModel):
 
 
 def test_the_time_left_re_scores_the_least_certain_rows_first_and_averages_them_in(monkeypatch):
-    clock = Clock()
-    monkeypatch.setattr(time, "monotonic", clock)
-    monkeypatch.setattr(predicting, "BUDGET_CHUNK", 2)
-    monkeypatch.setattr(predicting, "FALLBACK_RESERVE_S", 0.0)
-    monkeypatch.setattr(predicting, "FALLBACK_RESERVE", 0.0)
-    rows = Rows([str(i) for i in range(10)], [f"text {i}" for i in range(10)])
+    clock, rows = ten_rows_in_chunks_of_two(monkeypatch)
     parsed = np.full(10, -1)
     parsed[3] = 1                                        # row 3's generated answer decided it
     first = Prediction(np.tile([0.2, 0.8], (10, 1)), ["score"] * 10, parsed=parsed)

